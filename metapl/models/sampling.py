@@ -1,0 +1,244 @@
+"""Batched autoregressive sampling with a KV cache, compiled once per (batch, prompt bucket, length bucket).
+
+`generate` is the array-level entry point; `generate_text` tokenises, buckets and decodes strings.
+The log-prob reported for each sampled token is `metapl.models.logprobs.logprob_of` at the sampling
+temperature over the full (untruncated) vocabulary — the same number a learner computes for that token
+with `token_logprobs(..., temperature=T)`. Greedy decoding reports log-probs at temperature 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metapl.models.config import ModelConfig
+from metapl.models.logprobs import logprob_of
+from metapl.models.transformer import Params, hidden_states, init_cache, logits_from_hidden, unstack_layers
+
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick tokens. temperature=0 means greedy; top_k=0 and top_p=1 disable those filters."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class GenerationOutput(NamedTuple):
+    """Result of `generate`. N = max_new_tokens (or its bucket when called through `generate`).
+
+    tokens [B, N] int32: sampled tokens, `pad_id` after a row stopped.
+    mask [B, N] bool: True on generated tokens, including the stop token itself.
+    logprobs [B, N] float32: log-prob of each sampled token (0 where mask is False).
+    prompt_tokens [B, P], prompt_mask [B, P]: the prompts, left-aligned as they were fed.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The smallest power of two >= max(n, minimum): the few lengths we compile for."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def left_align(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Move each row's real tokens to the right end (left padding), keeping their order. [B, T] -> same."""
+    order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
+    return jnp.take_along_axis(tokens, order, axis=1), jnp.take_along_axis(mask, order, axis=1)
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float | jax.Array, use_top_p: bool) -> jax.Array:
+    """Logits [B, V] with everything outside the top-k / nucleus set to -inf."""
+    neg = jnp.finfo(logits.dtype).min
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if use_top_p:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
+        keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, neg, logits)
+    return logits
+
+
+# XLA:CPU's default dot library (YNNPACK) runs the skinny [batch, d] x [d, n] matmuls of a one-token decoding
+# step ~1.4x slower than XNNPACK does (measured on SmolLM2-135M, batch 16; experiments/bench_sampling.py), while
+# it is the faster choice for the large matmuls of training. So only the decoding program asks for XNNPACK.
+_CPU_DECODE_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
+_STATIC = ("config", "max_len", "greedy", "top_k", "use_top_p", "stop_token_ids", "pad_id")
+
+
+@functools.cache
+def _compiled_generate(backend: str):
+    options = _CPU_DECODE_OPTIONS if backend == "cpu" else None
+    return jax.jit(_generate, static_argnames=_STATIC, compiler_options=options)
+
+
+def _generate(params, lora, prompt_tokens, prompt_mask, key, max_new_tokens, temperature, top_p, *,
+              config, max_len, greedy, top_k, use_top_p, stop_token_ids, pad_id):
+    b, p = prompt_tokens.shape
+    prompt_tokens, prompt_mask = left_align(prompt_tokens, prompt_mask.astype(bool))
+    cache = init_cache(config, b, p + max_len)
+    hidden, cache = hidden_states(params, config, prompt_tokens, attention_mask=prompt_mask, lora=lora, cache=cache)
+    logits = logits_from_hidden(params, config, hidden[:, -1])
+    stop_ids = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
+    logp_temperature = jnp.where(greedy, 1.0, temperature)
+
+    def cond(state):
+        step, _, _, _, _, _, done, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, logits, out_tok, out_lp, out_mask, done, key = state
+        key, sub = jax.random.split(key)
+        if greedy:
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            z = filter_logits(logits / temperature, top_k, top_p, use_top_p)
+            token = jax.random.categorical(sub, z, axis=-1).astype(jnp.int32)
+        lp = logprob_of(logits, token, logp_temperature)
+        live = ~done
+        token = jnp.where(live, token, pad_id)
+        out_tok = out_tok.at[:, step].set(token)
+        out_lp = out_lp.at[:, step].set(jnp.where(live, lp, 0.0))
+        out_mask = out_mask.at[:, step].set(live)
+        done = done | jnp.isin(token, stop_ids)
+        hidden, cache = hidden_states(params, config, token[:, None], attention_mask=live[:, None], lora=lora,
+                                      cache=cache)
+        logits = logits_from_hidden(params, config, hidden[:, 0])
+        return step + 1, cache, logits, out_tok, out_lp, out_mask, done, key
+
+    state = (
+        jnp.zeros((), jnp.int32),
+        cache,
+        logits,
+        jnp.full((b, max_len), pad_id, jnp.int32),
+        jnp.zeros((b, max_len), jnp.float32),
+        jnp.zeros((b, max_len), bool),
+        jnp.zeros((b,), bool),
+        key,
+    )
+    _, _, _, out_tok, out_lp, out_mask, _, _ = jax.lax.while_loop(cond, body, state)
+    return GenerationOutput(out_tok, out_mask, out_lp, prompt_tokens, prompt_mask)
+
+
+@jax.jit
+def _unstack(tree):
+    # Per-layer weight buffers, made once per call, so the decoding loop never slices stacked weights.
+    return unstack_layers(tree)
+
+
+def generate(
+    params: Params,
+    config: ModelConfig,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    sampling: SamplingConfig,
+    *,
+    pad_id: int = 0,
+    lora: Params | None = None,
+) -> GenerationOutput:
+    """Sample `sampling.max_new_tokens` tokens after each prompt.
+
+    prompt_tokens, prompt_mask [B, P]: prompts padded on either side (each with >= 1 real token); P should
+    already be bucketed (see `bucket`) to limit recompilation. Output arrays are trimmed to max_new_tokens.
+    """
+    prompt_mask = jnp.asarray(prompt_mask)
+    if not bool(jnp.all(prompt_mask.sum(axis=1) > 0)):
+        raise ValueError("every prompt needs at least one real token")
+    max_len = bucket(sampling.max_new_tokens)
+    out = _compiled_generate(jax.default_backend())(
+        _unstack(params), _unstack(lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,
+        jnp.int32(sampling.max_new_tokens), jnp.float32(max(sampling.temperature, 1e-6)),
+        jnp.float32(sampling.top_p),
+        config=config, max_len=max_len, greedy=sampling.temperature == 0, top_k=sampling.top_k,
+        use_top_p=sampling.top_p < 1.0, stop_token_ids=tuple(int(t) for t in sampling.stop_token_ids),
+        pad_id=int(pad_id),
+    )
+    n = sampling.max_new_tokens
+    return out._replace(tokens=out.tokens[:, :n], mask=out.mask[:, :n], logprobs=out.logprobs[:, :n])
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], *, chat: bool = False, min_bucket: int = MIN_BUCKET):
+    """Tokenise prompts, left-padded to a bucketed length. Returns (tokens [B, P], mask [B, P]) as numpy."""
+    if chat:
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+    else:
+        texts = list(prompts)
+    ids = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    if any(len(x) == 0 for x in ids):
+        raise ValueError("a prompt tokenised to nothing; every prompt needs at least one token")
+    p = bucket(max(len(x) for x in ids), min_bucket)
+    tokens = np.zeros((len(ids), p), np.int32)
+    mask = np.zeros((len(ids), p), bool)
+    for i, x in enumerate(ids):
+        tokens[i, p - len(x):] = x
+        mask[i, p - len(x):] = True
+    return tokens, mask
+
+
+def default_stop_ids(tokenizer) -> tuple[int, ...]:
+    """EOS plus chat end-of-turn tokens the vocabulary has (e.g. <|im_end|>)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        if t in vocab:
+            ids.add(int(vocab[t]))
+    return tuple(sorted(ids))
+
+
+def generate_text(
+    params: Params,
+    config: ModelConfig,
+    tokenizer,
+    prompts: Sequence[str],
+    key: jax.Array,
+    sampling: SamplingConfig,
+    *,
+    chat: bool = False,
+    lora: Params | None = None,
+) -> list[str]:
+    """Sample a continuation of each prompt and return the decoded text (stop tokens removed)."""
+    tokens, mask = encode_prompts(tokenizer, prompts, chat=chat)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = generate(params, config, tokens, mask, key, sampling, pad_id=pad, lora=lora)
+    toks, m = np.asarray(out.tokens), np.asarray(out.mask)
+    stops = set(sampling.stop_token_ids)
+    texts = []
+    for row, row_mask in zip(toks, m):
+        ids = [int(t) for t, keep in zip(row, row_mask) if keep and int(t) not in stops]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=False))
+    return texts
