@@ -66,7 +66,8 @@ class ModelConfig:
       qkv_bias: bias on the q/k/v projections (Qwen2, GPT-2); out_bias on the output projection (GPT-2);
       mlp_bias: bias on the MLP projections (GPT-2).
       tie_embeddings: the LM head is the transposed token embedding.
-      dtype: compute dtype ("float32" default, "bfloat16" option); parameters stay in param_dtype.
+      dtype: compute dtype ("float32" default, "bfloat16" option; "float64" for finite-difference tests with
+        jax_enable_x64); parameters stay in param_dtype.
       lora: the adapter architecture, or None. Adapter weights live in a separate tree (see `lora.py`).
     """
 
@@ -89,8 +90,8 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    param_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     lora: LoraConfig | None = None
 
     def __post_init__(self):

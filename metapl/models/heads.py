@@ -27,9 +27,8 @@ def init_head_params(config: ModelConfig, key: jax.Array, backbone: Params | Non
 
 def _scalar_head(params: Params, hidden: jax.Array) -> jax.Array:
     h = params["head"]
-    return (jnp.dot(hidden.astype(jnp.float32), h["kernel"].astype(jnp.float32)) + h["bias"].astype(jnp.float32))[
-        ..., 0
-    ]
+    acc = jnp.promote_types(hidden.dtype, jnp.float32)
+    return (jnp.dot(hidden.astype(acc), h["kernel"].astype(acc)) + h["bias"].astype(acc))[..., 0]
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:

@@ -10,12 +10,18 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metapl.models.config import ModelConfig
 
 # Masked attention scores use a large finite negative rather than -inf, so a query row with no visible key
 # (a left-padding position) yields a finite, ignorable output instead of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def at_least_f32(dtype) -> jnp.dtype:
+    """The precision for reductions and scores: float32, or float64 when computing in float64."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 class Linear(nn.Module):
@@ -46,7 +52,7 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32 (as Llama): `scale * x / sqrt(mean(x^2) + eps)`."""
+    """Root-mean-square norm computed in (at least) float32 as Llama does: `scale * x / sqrt(mean(x^2) + eps)`."""
 
     eps: float
     param_dtype: jnp.dtype
@@ -54,13 +60,13 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(at_least_f32(x.dtype))
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return scale.astype(x.dtype) * y.astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm computed in float32 (as GPT-2): `scale * (x - mean) / sqrt(var + eps) + bias`."""
+    """LayerNorm computed in (at least) float32: `scale * (x - mean) / sqrt(var + eps) + bias`."""
 
     eps: float
     param_dtype: jnp.dtype
@@ -70,7 +76,7 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(at_least_f32(x.dtype))
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
@@ -87,7 +93,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+    acc = at_least_f32(x.dtype)
+    return (x.astype(acc) * cos + rotated.astype(acc) * sin).astype(x.dtype)
 
 
 def _lora_scale(config: ModelConfig, target: str) -> float:
@@ -142,8 +149,8 @@ def grouped_attention(q, k, v, mask):
     g = h // kv
     # Query rows of one key head, (group, time) flattened: [B, KV, G * T, hd].
     qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qh, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kv, g, t, s) / jnp.sqrt(jnp.float32(hd))
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, k, preferred_element_type=at_least_f32(q.dtype))
+    scores = scores.reshape(b, kv, g, t, s) / np.sqrt(hd)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v)

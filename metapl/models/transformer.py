@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from metapl.models.config import ModelConfig, rope_inverse_frequencies
-from metapl.models.layers import Block, make_norm
+from metapl.models.layers import Block, at_least_f32, make_norm
 
 Params = Any
 
@@ -213,7 +213,8 @@ def unembedding(params: Params, config: ModelConfig) -> jax.Array:
 def logits_from_hidden(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
     """Float32 logits [..., V] from hidden states [..., D]."""
     w = unembedding(params, config).astype(config.compute_dtype)
-    return jnp.einsum("...d,vd->...v", hidden.astype(config.compute_dtype), w, preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,vd->...v", hidden.astype(config.compute_dtype), w,
+                      preferred_element_type=at_least_f32(config.compute_dtype))
 
 
 def apply(

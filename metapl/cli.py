@@ -1,0 +1,125 @@
+"""The `metapl` command.
+
+    metapl sample --model smollm2-135m --prompt "The capital of France is" --max-new-tokens 8
+
+Errors in what the user asked for (unknown model, missing files, bad values) end with exit status 2 and a
+one-line reason on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class UsageError(Exception):
+    """Bad input from the command line; reported in one line with exit status 2."""
+
+
+def _log(msg: str) -> None:
+    print(f"[metapl] {msg}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise UsageError(f"--prompts-file {args.prompts_file}: {e.strerror}") from None
+    if not prompts:
+        raise UsageError("give at least one --prompt (or --prompts-file)")
+    if any(not p.strip() for p in prompts):
+        raise UsageError("a prompt is empty")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+
+    from metapl.models.pretrained import load_pretrained
+    from metapl.runtime import enable_compile_cache
+
+    enable_compile_cache()
+    import jax
+
+    from metapl.models.sampling import SamplingConfig, default_stop_ids, generate_text
+
+    t0 = time.perf_counter()
+    model = load_pretrained(args.model, dtype=args.dtype)
+    _log(f"loaded {args.model} ({model.config.num_params() / 1e6:.0f}M params) from {model.source} "
+         f"in {time.perf_counter() - t0:.1f}s")
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_token_ids=() if args.no_stop else default_stop_ids(model.tokenizer),
+    )
+    t0 = time.perf_counter()
+    texts = generate_text(model.params, model.config, model.tokenizer, prompts, jax.random.key(args.seed), sampling,
+                          chat=args.chat)
+    _log(f"sampled {len(prompts)} x {args.max_new_tokens} tokens in {time.perf_counter() - t0:.1f}s "
+         "(including compilation on first use)")
+    for prompt, text in zip(prompts, texts):
+        print(text if (args.chat or args.completion_only) else prompt + text, flush=True)
+        if len(prompts) > 1:
+            print("---")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metapl", description="Preference learning with language models (JAX/Flax).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="generate text from a model",
+                       description="Generate a continuation of each prompt with a KV-cached, compiled sampler.")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="short name (smollm2-135m), a Hugging Face model directory, or a .gguf file")
+    p.add_argument("--prompt", action="append", help="a prompt; repeat for a batch")
+    p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at end-of-sequence tokens")
+    p.add_argument("--completion-only", action="store_true", help="print only the generated text")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter/compute dtype")
+    p.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from metapl.models.hf_format import CheckpointError
+    from metapl.models.tokenizer import TokenizerError
+
+    try:
+        return args.func(args)
+    except (UsageError, CheckpointError, TokenizerError) as e:
+        print(f"metapl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metapl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
