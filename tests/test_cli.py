@@ -1,0 +1,72 @@
+"""The `metapl` command: it runs, and bad input ends with status 2 and one line, never a traceback."""
+
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from metapl.models import init_params, save_hf_directory, tiny
+from metapl.models.tokenizer import tokenizer_from_gguf_metadata
+from tests.gguf_fixture import CHAT_TEMPLATE, MERGES, vocabulary
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "metapl.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    tokens, types = vocabulary()
+    tok = tokenizer_from_gguf_metadata({
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": MERGES, "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.padding_token_id": 0, "tokenizer.chat_template": CHAT_TEMPLATE,
+    })
+    config = tiny("llama", vocab_size=len(tokens))
+    directory = tmp_path_factory.mktemp("cli") / "tiny-llama"
+    save_hf_directory(directory, init_params(config, jax.random.key(0)), config, tokenizer=tok)
+    return directory
+
+
+def test_sample_prints_prompt_and_continuation(tiny_model_dir):
+    out = run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "the cat", "--prompt", "and the",
+                  "--max-new-tokens", "3", "--temperature", "0.8", "--top-k", "20")
+    assert out.returncode == 0, out.stderr
+    blocks = out.stdout.split("---\n")
+    assert blocks[0].startswith("the cat") and blocks[1].startswith("and the")
+    assert "Traceback" not in out.stderr
+
+
+def _assert_usage_error(out, *fragments):
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_unknown_model(tmp_path):
+    _assert_usage_error(run_cli("sample", "--model", "no-such-model", "--prompt", "x"), "no-such-model",
+                        "not found")
+    _assert_usage_error(run_cli("sample", "--model", str(tmp_path), "--prompt", "x"), "no config.json")
+
+
+def test_missing_weights(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    _assert_usage_error(run_cli("sample", "--model", str(broken), "--prompt", "x"), "no *.safetensors")
+
+
+def test_bad_arguments(tiny_model_dir, tmp_path):
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir)), "--prompt")
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "x", "--max-new-tokens", "-3"),
+                        "positive integer")
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompts-file", str(tmp_path / "none")),
+                        "--prompts-file")
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "x", "--top-p", "1.5"),
+                        "--top-p")
