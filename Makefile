@@ -41,6 +41,7 @@ test-all: test test-slow
 ## Benchmarks (write JSON + markdown under experiments/results/).
 bench: $(VENV)/.test
 	$(PY) experiments/bench_sampling.py
+	$(PY) experiments/bench_decode_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

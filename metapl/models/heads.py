@@ -5,6 +5,7 @@ Parameter tree of either: `{"backbone": <transformer params, lm_head unused>, "h
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -46,6 +47,7 @@ def reward(
     lora: Params | None = None,
 ) -> jax.Array:
     """Scalar reward [B] (float32) read at the last non-pad token of each row of tokens [B, T]."""
+    chex.assert_equal_shape([tokens, attention_mask])
     hidden, _ = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
     last = last_token_index(attention_mask)
     h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]

@@ -9,6 +9,7 @@ held at once: each chunk's logits are recomputed in the backward pass instead of
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -38,7 +39,10 @@ def hidden_logprobs(
     With `chunk_size`, positions are processed `chunk_size` at a time (padded up to a multiple), and each
     chunk is rematerialised in the backward pass, so peak memory holds B * chunk_size * V logits.
     """
+    chex.assert_rank(hidden, 3)
     b, n, d = hidden.shape
+    chex.assert_shape(targets, (b, n))
+    chex.assert_shape(head, (None, d))
 
     def chunk_fn(h, y):
         logits = jnp.einsum("bnd,vd->bnv", h.astype(head.dtype), head,
@@ -95,6 +99,7 @@ def sequence_logprobs(
 
     response_mask [B, T]: 1 on the response tokens whose log-probs count (never on position 0).
     """
+    chex.assert_equal_shape([tokens, response_mask])
     lp = token_logprobs(
         params, config, tokens, attention_mask=attention_mask, lora=lora, temperature=temperature,
         chunk_size=chunk_size,

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 from typing import NamedTuple, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,8 +89,8 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float | jax.Array, use_t
 
 
 # XLA:CPU's default dot library (YNNPACK) runs the skinny [batch, d] x [d, n] matmuls of a one-token decoding
-# step ~1.4x slower than XNNPACK does (measured on SmolLM2-135M, batch 16; experiments/bench_sampling.py), while
-# it is the faster choice for the large matmuls of training. So only the decoding program asks for XNNPACK.
+# step ~1.5x slower than XNNPACK does (SmolLM2-135M, batch 16: experiments/bench_decode_step.py), while it is the
+# faster choice for the large matmuls of training. So only the decoding program asks for XNNPACK.
 _CPU_DECODE_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "",
     "xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
@@ -174,8 +175,16 @@ def generate(
     already be bucketed (see `bucket`) to limit recompilation. Output arrays are trimmed to max_new_tokens.
     """
     prompt_mask = jnp.asarray(prompt_mask)
-    if not bool(jnp.all(prompt_mask.sum(axis=1) > 0)):
+    chex.assert_rank(prompt_mask, 2)
+    chex.assert_shape(prompt_tokens, prompt_mask.shape)
+    lengths = np.asarray(prompt_mask.sum(axis=1))
+    if not np.all(lengths > 0):
         raise ValueError("every prompt needs at least one real token")
+    if config.positions == "learned" and lengths.max() + sampling.max_new_tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({lengths.max()} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds the model's "
+            f"{config.max_position_embeddings} learned positions"
+        )
     max_len = bucket(sampling.max_new_tokens)
     out = _compiled_generate(jax.default_backend())(
         _unstack(params), _unstack(lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,

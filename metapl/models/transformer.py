@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -138,9 +139,13 @@ def hidden_states(
     `default_positions` (continuing from `cache.next_position` when a cache is given). segment_ids [B, T]
     confine attention to tokens of the same packed segment (no cache).
     """
+    chex.assert_rank(tokens, 2)
     b, t = tokens.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), bool)
+    chex.assert_shape([attention_mask] + [a for a in (positions, segment_ids) if a is not None], (b, t))
+    if cache is not None:
+        chex.assert_shape(cache.valid, (b, None))
     attention_mask = attention_mask.astype(bool)
     if segment_ids is not None and cache is not None:
         raise ValueError("packed sequences (segment_ids) cannot be combined with a KV cache")
@@ -167,7 +172,6 @@ def hidden_states(
         cos, sin = rope_tables(config, positions)
 
     block = Block(config)
-    layer_lora = None if lora is None else lora["layers"]
 
     def variables(p, l):
         return {"params": p} if l is None else {"params": p, "lora": l}
@@ -180,7 +184,7 @@ def hidden_states(
             x, _ = block.apply(variables(p, l), x, cos, sin, mask)
             return x, None
 
-        x, _ = jax.lax.scan(step, x, (params["layers"], layer_lora))
+        x, _ = jax.lax.scan(step, x, (params["layers"], None if lora is None else lora["layers"]))
     else:
         layers = unstack_layers(params)["layers"]
         layer_lora = None if lora is None else unstack_layers(lora)["layers"]

@@ -112,6 +112,10 @@ def test_bad_requests_are_rejected(model):
     with pytest.raises(ValueError, match="at least one real token"):
         generate(params, config, np.zeros((1, 4), np.int32), np.zeros((1, 4), bool), jax.random.key(0),
                  SamplingConfig(max_new_tokens=2))
+    gpt = tiny("gpt2", max_position_embeddings=32)
+    with pytest.raises(ValueError, match="learned positions"):
+        generate(init_params(gpt, jax.random.key(0)), gpt, np.ones((1, 4), np.int32), np.ones((1, 4), bool),
+                 jax.random.key(0), SamplingConfig(max_new_tokens=30))
     for bad in (dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-2)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)

@@ -116,3 +116,12 @@ def test_num_params_counts_the_tree():
         config: ModelConfig = tiny(family)
         params = init_params(config, jax.random.key(0))
         assert config.num_params() == sum(x.size for x in jax.tree.leaves(params)), family
+
+
+def test_shape_errors_are_reported_at_the_boundary():
+    config = tiny("llama")
+    params = init_params(config, jax.random.key(0))
+    with pytest.raises(AssertionError, match="rank"):
+        apply(params, config, jnp.zeros((5,), jnp.int32))
+    with pytest.raises(AssertionError, match="shape"):
+        apply(params, config, jnp.zeros((2, 5), jnp.int32), attention_mask=jnp.ones((2, 4)))
