@@ -50,6 +50,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
 
     from metapl.models.pretrained import load_pretrained
     from metapl.runtime import enable_compile_cache

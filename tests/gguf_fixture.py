@@ -39,6 +39,18 @@ def vocabulary() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def tiny_tokenizer():
+    """The tokenizer metapl rebuilds from this vocabulary's GGUF metadata (no file needed)."""
+    from metapl.models.tokenizer import tokenizer_from_gguf_metadata
+
+    tokens, types = vocabulary()
+    return tokenizer_from_gguf_metadata({
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": MERGES, "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.padding_token_id": 0, "tokenizer.chat_template": CHAT_TEMPLATE,
+    })
+
+
 def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's Q/K permutation (half-split RoPE rows -> interleaved pairs), written from its description."""
     rows = w.shape[0]

@@ -7,8 +7,7 @@ import jax
 import pytest
 
 from metapl.models import init_params, save_hf_directory, tiny
-from metapl.models.tokenizer import tokenizer_from_gguf_metadata
-from tests.gguf_fixture import CHAT_TEMPLATE, MERGES, vocabulary
+from tests.gguf_fixture import tiny_tokenizer
 
 
 def run_cli(*args, timeout=300):
@@ -18,13 +17,8 @@ def run_cli(*args, timeout=300):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    tokens, types = vocabulary()
-    tok = tokenizer_from_gguf_metadata({
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": MERGES, "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.padding_token_id": 0, "tokenizer.chat_template": CHAT_TEMPLATE,
-    })
-    config = tiny("llama", vocab_size=len(tokens))
+    tok = tiny_tokenizer()
+    config = tiny("llama", vocab_size=len(tok))
     directory = tmp_path_factory.mktemp("cli") / "tiny-llama"
     save_hf_directory(directory, init_params(config, jax.random.key(0)), config, tokenizer=tok)
     return directory
@@ -70,3 +64,7 @@ def test_bad_arguments(tiny_model_dir, tmp_path):
                         "--prompts-file")
     _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "x", "--top-p", "1.5"),
                         "--top-p")
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "x", "--top-k", "-2"),
+                        "--top-k")
+    _assert_usage_error(run_cli("sample", "--model", str(tiny_model_dir), "--prompt", "x", "--temperature", "hot"),
+                        "--temperature")

@@ -63,6 +63,12 @@ def _rope_from_hf(cfg: dict, problems: list[str]) -> tuple[float, RopeScaling | 
         problems.append("partial_rotary_factor (partial RoPE is not implemented)")
     if kind == "default":
         return theta, None
+    needed = {"linear": ["factor"], "llama3": ["factor", "low_freq_factor", "high_freq_factor",
+                                                "original_max_position_embeddings"]}.get(kind, [])
+    missing = [k for k in needed if k not in spec]
+    if missing:
+        problems.append(f"rope type {kind!r} without {', '.join(missing)}")
+        return theta, None
     if kind == "linear":
         return theta, RopeScaling("linear", float(spec["factor"]))
     if kind == "llama3":
@@ -86,6 +92,11 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> ModelConfig:
         )
     problems: list[str] = []
     handled: set[str] = set()
+    required = {"gpt2": ("vocab_size", "n_embd", "n_layer", "n_head")}.get(
+        model_type, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
+    missing = [k for k in required if cfg.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{source}: missing required field(s): {', '.join(missing)}")
 
     def take(key, default=None):
         handled.add(key)
@@ -389,7 +400,12 @@ def load_hf_directory(path: str | os.PathLike, dtype: str | None = None) -> tupl
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    config = config_from_hf(raw, str(cfg_path))
+    try:
+        config = config_from_hf(raw, str(cfg_path))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:  # e.g. a number written as a string
+        raise CheckpointError(f"{cfg_path}: invalid value ({e})") from None
     if dtype is not None:
         config = config.replace(param_dtype=dtype, dtype=dtype)
     params = params_from_hf_tensors(_read_safetensors(directory), config, raw["model_type"], str(directory))
@@ -428,6 +444,11 @@ def save_hf_directory(
     """
     from safetensors.numpy import save_file
 
+    if config.lora is not None:
+        raise ValueError(
+            "the config has a LoRA section, but adapters are not part of the exported weights: merge them with "
+            "merge_lora(params, lora, config) and export with config.replace(lora=None)"
+        )
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = config_to_hf(config, model_type)

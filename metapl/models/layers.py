@@ -1,8 +1,9 @@
 """Flax (linen) building blocks of one transformer block.
 
 A block is applied with explicit variables, `Block(config).apply({"params": p, "lora": l}, ...)`; the layer stack
-in `transformer.py` scans that pure call over parameters stacked on a leading layer axis. The optional "lora"
-collection holds adapter matrices next to, never inside, the base parameters.
+in `transformer.py` scans that pure call over parameters stacked on a leading layer axis (or loops over per-layer
+trees when decoding). The optional "lora" collection holds adapter matrices next to, never inside, the base
+parameters.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class Linear(nn.Module):
             y = y + bias.astype(self.dtype)
         if self.has_variable("lora", "a"):
             if self.lora_scale == 0.0:
-                raise ValueError("LoRA weights were given but the model config has no `lora` section")
+                raise ValueError(
+                    f"LoRA weights were given for projection {self.name!r}, but config.lora does not list it "
+                    "(config.lora is None or its targets omit it)"
+                )
             a = self.get_variable("lora", "a").astype(self.dtype)
             b = self.get_variable("lora", "b").astype(self.dtype)
             y = y + self.lora_scale * jnp.dot(jnp.dot(x.astype(self.dtype), a), b)

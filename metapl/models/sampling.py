@@ -73,7 +73,7 @@ def left_align(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float | jax.Array, use_top_p: bool) -> jax.Array:
-    """Logits [B, V] with everything outside the top-k / nucleus set to -inf."""
+    """Logits [B, V] with everything outside the top-k / nucleus set to the lowest float (probability 0)."""
     neg = jnp.finfo(logits.dtype).min
     if top_k > 0:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -190,7 +190,8 @@ def generate(
         _unstack(params), _unstack(lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,
         jnp.int32(sampling.max_new_tokens), jnp.float32(max(sampling.temperature, 1e-6)),
         jnp.float32(sampling.top_p),
-        config=config, max_len=max_len, greedy=sampling.temperature == 0, top_k=sampling.top_k,
+        config=config, max_len=max_len, greedy=sampling.temperature == 0,
+        top_k=min(sampling.top_k, config.vocab_size),
         use_top_p=sampling.top_p < 1.0, stop_token_ids=tuple(int(t) for t in sampling.stop_token_ids),
         pad_id=int(pad_id),
     )

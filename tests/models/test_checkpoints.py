@@ -141,3 +141,19 @@ def test_shape_mismatch_and_bad_json_are_reported(tmp_path):
         load_hf_directory(bad)
     with pytest.raises(CheckpointError, match="no config.json"):
         load_hf_directory(tmp_path)
+
+
+def test_export_refuses_a_config_with_unmerged_adapters(tmp_path):
+    config = tiny("llama", lora=LoraConfig(rank=2))
+    with pytest.raises(ValueError, match="merge_lora"):
+        save_hf_directory(tmp_path / "x", init_params(config, jax.random.key(0)), config)
+
+
+def test_missing_required_fields_are_named():
+    cfg = _llama_json()
+    del cfg["intermediate_size"]
+    with pytest.raises(CheckpointError, match="missing required field.*intermediate_size"):
+        config_from_hf(cfg, "c.json")
+    cfg = _llama_json() | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
+    with pytest.raises(UnsupportedConfigError, match="without low_freq_factor"):
+        config_from_hf(cfg)

@@ -89,3 +89,11 @@ def test_reward_model_from_a_pretrained_backbone_drops_the_lm_head():
     rm = init_head_params(config, jax.random.key(1), backbone=lm)
     assert "lm_head" not in rm["backbone"]
     np.testing.assert_array_equal(rm["backbone"]["embed"]["embedding"], lm["embed"]["embedding"])
+
+
+def test_adapters_for_an_unlisted_projection_are_an_error(rng):
+    config = tiny("llama", lora=LoraConfig(rank=2, targets=("q", "v")))
+    params = init_params(config, jax.random.key(0))
+    lora = init_lora(config.replace(lora=LoraConfig(rank=2, targets=("q", "up"))), jax.random.key(1))
+    with pytest.raises(ValueError, match="'up'"):
+        apply(params, config, jnp.zeros((1, 3), jnp.int32), lora=lora)

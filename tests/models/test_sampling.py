@@ -122,18 +122,12 @@ def test_bad_requests_are_rejected(model):
 
 
 def test_text_round_trip_with_a_tokenizer(tmp_path):
-    from metapl.models.tokenizer import tokenizer_from_gguf_metadata
-    from tests.gguf_fixture import CHAT_TEMPLATE, MERGES, vocabulary
+    from tests.gguf_fixture import tiny_tokenizer
 
-    tokens, types = vocabulary()
-    tok = tokenizer_from_gguf_metadata({
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": MERGES, "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.padding_token_id": 0, "tokenizer.chat_template": CHAT_TEMPLATE,
-    })
+    tok = tiny_tokenizer()
     ids, mask = encode_prompts(tok, ["the cat", "and the hat is here"])
     assert ids.shape == (2, 16) and mask[0].sum() < mask[1].sum() and mask[:, -1].all()  # left-padded
-    config = tiny("llama", vocab_size=len(tokens))
+    config = tiny("llama", vocab_size=len(tok))
     params = init_params(config, jax.random.key(0))
     texts = generate_text(params, config, tok, ["the cat"], jax.random.key(0), SamplingConfig(max_new_tokens=4))
     assert len(texts) == 1 and isinstance(texts[0], str)
