@@ -14,6 +14,8 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# transformers is used for tokenizers only; keep its notices (e.g. "PyTorch was not found") off the terminal.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 class UsageError(Exception):

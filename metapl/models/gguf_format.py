@@ -1,4 +1,4 @@
-"""GGUF import (llama.cpp's format) for Llama-family models, e.g. the embedded SmolLM2-135M-Instruct.
+"""GGUF import (llama.cpp's format) for Llama-architecture models, e.g. the embedded SmolLM2-135M-Instruct.
 
 Quantised tensors are dequantised to float32 with the `gguf` package. llama.cpp stores the Q and K
 projections with their rows permuted for its interleaved RoPE; we undo that so the weights match the
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from metapl.models.config import ModelConfig, RopeScaling, llama, qwen2
+from metapl.models.config import ModelConfig, RopeScaling, llama
 from metapl.models.hf_format import CheckpointError, UnsupportedConfigError
 from metapl.models.tokenizer import tokenizer_from_gguf_metadata
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+# Other architectures (qwen2, ...) are refused rather than guessed at until a test covers them.
+SUPPORTED_ARCHITECTURES = ("llama",)
 
 
 def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -68,8 +69,7 @@ def config_from_gguf(meta: dict, tensor_names: set[str], source: str) -> ModelCo
     elif kind not in ("none", None):
         raise UnsupportedConfigError(f"{source}: {arch}.rope.scaling.type={kind!r} (supported: none, linear)")
     vocab = int(get("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or None))
-    make = qwen2 if arch == "qwen2" else llama
-    return make(
+    return llama(
         vocab_size=vocab,
         hidden_size=d,
         num_layers=int(get("block_count")),
@@ -118,21 +118,12 @@ def load_gguf(path: str | os.PathLike, dtype: str | None = None):
     def stack(fmt, transform=lambda w: w):
         return cast(np.stack([transform(tensor(fmt.format(i))) for i in range(n)]))
 
-    # llama.cpp permutes Q/K only for architectures it runs with interleaved RoPE (llama); qwen2 runs with
-    # the half-split ("NEOX") layout and is stored as in the Hugging Face checkpoint.
-    permuted = meta.get("general.architecture") == "llama"
-    q_rows = (lambda w: unpermute_rope_rows(w, config.num_heads)) if permuted else (lambda w: w)
-    k_rows = (lambda w: unpermute_rope_rows(w, config.num_kv_heads)) if permuted else (lambda w: w)
     attn = {
-        "q": {"kernel": stack("blk.{}.attn_q.weight", lambda w: q_rows(w).T)},
-        "k": {"kernel": stack("blk.{}.attn_k.weight", lambda w: k_rows(w).T)},
+        "q": {"kernel": stack("blk.{}.attn_q.weight", lambda w: unpermute_rope_rows(w, config.num_heads).T)},
+        "k": {"kernel": stack("blk.{}.attn_k.weight", lambda w: unpermute_rope_rows(w, config.num_kv_heads).T)},
         "v": {"kernel": stack("blk.{}.attn_v.weight", lambda w: w.T)},
         "o": {"kernel": stack("blk.{}.attn_output.weight", lambda w: w.T)},
     }
-    if config.qkv_bias:
-        attn["q"]["bias"] = stack("blk.{}.attn_q.bias", q_rows)
-        attn["k"]["bias"] = stack("blk.{}.attn_k.bias", k_rows)
-        attn["v"]["bias"] = stack("blk.{}.attn_v.bias")
     params = {
         "embed": {"embedding": cast(tensor("token_embd.weight"))},
         "layers": {

@@ -74,3 +74,15 @@ def test_bad_gguf_files(tmp_path):
         load_gguf(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(str(tmp_path / "nothing-here"))
+    import gguf
+
+    other = tmp_path / "qwen2.gguf"
+    w = gguf.GGUFWriter(str(other), "qwen2")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CheckpointError, match="architecture='qwen2' is not supported"):
+        load_gguf(other)
