@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from metapl.models.config import ModelConfig
+from metapl.models.layers import at_least_f32
 from metapl.models.transformer import Params, hidden_states, init_params
 
 
@@ -28,7 +29,7 @@ def init_head_params(config: ModelConfig, key: jax.Array, backbone: Params | Non
 
 def _scalar_head(params: Params, hidden: jax.Array) -> jax.Array:
     h = params["head"]
-    acc = jnp.promote_types(hidden.dtype, jnp.float32)
+    acc = at_least_f32(hidden.dtype)
     return (jnp.dot(hidden.astype(acc), h["kernel"].astype(acc)) + h["bias"].astype(acc))[..., 0]
 
 

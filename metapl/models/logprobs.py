@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from metapl.models.config import ModelConfig
+from metapl.models.layers import at_least_f32
 from metapl.models.transformer import Params, hidden_states, unembedding
 
 
 def logprob_of(logits: jax.Array, targets: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
     """log-softmax(logits / temperature) at `targets`. logits [..., V], targets [...] int -> [...] float32."""
-    z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
+    z = logits.astype(at_least_f32(logits.dtype)) / temperature
     # Shift by the row maximum before picking, so large logits do not cancel catastrophically in float32.
     z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     picked = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -45,8 +46,7 @@ def hidden_logprobs(
     chex.assert_shape(head, (None, d))
 
     def chunk_fn(h, y):
-        logits = jnp.einsum("bnd,vd->bnv", h.astype(head.dtype), head,
-                            preferred_element_type=jnp.promote_types(head.dtype, jnp.float32))
+        logits = jnp.einsum("bnd,vd->bnv", h.astype(head.dtype), head, preferred_element_type=at_least_f32(head.dtype))
         return logprob_of(logits, y, temperature)
 
     if chunk_size is None or n <= chunk_size:

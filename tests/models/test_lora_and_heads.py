@@ -17,6 +17,7 @@ from metapl.models import (
     tiny,
     values,
 )
+from tests.batches import pad_rows
 
 
 @pytest.fixture
@@ -69,12 +70,10 @@ def test_reward_reads_the_last_real_token_whatever_the_padding(rng):
     config = tiny("llama")
     params = init_head_params(config, jax.random.key(0))
     seq = rng.integers(1, config.vocab_size, size=5)
-    right = np.zeros((1, 8), np.int32)
-    right[0, :5] = seq
-    left = np.zeros((1, 8), np.int32)
-    left[0, 3:] = seq
-    r_right = reward(params, config, jnp.asarray(right), jnp.asarray(right != 0))
-    r_left = reward(params, config, jnp.asarray(left), jnp.asarray(left != 0))
+    right, right_mask = pad_rows([seq], 8, "right")
+    left, left_mask = pad_rows([seq], 8, "left")
+    r_right = reward(params, config, jnp.asarray(right), jnp.asarray(right_mask))
+    r_left = reward(params, config, jnp.asarray(left), jnp.asarray(left_mask))
     r_alone = reward(params, config, jnp.asarray(seq[None]), jnp.ones((1, 5)))
     np.testing.assert_allclose(r_right, r_alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r_left, r_alone, rtol=1e-5, atol=1e-6)

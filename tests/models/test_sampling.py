@@ -7,6 +7,7 @@ import pytest
 
 from metapl.models import SamplingConfig, apply, generate, init_params, tiny, token_logprobs
 from metapl.models.sampling import bucket, encode_prompts, filter_logits, generate_text, left_align
+from tests.batches import pad_rows
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +87,12 @@ def test_stop_tokens_end_rows_and_pad_the_rest(model, rng):
 def test_reproducible_with_a_key_and_padding_side_does_not_matter(model, rng):
     config, params = model
     seqs = [rng.integers(1, config.vocab_size, size=n) for n in (5, 3)]
-    left = np.zeros((2, 6), np.int32)
-    right = np.zeros((2, 6), np.int32)
-    for i, s in enumerate(seqs):
-        left[i, 6 - len(s):] = s
-        right[i, :len(s)] = s
+    left, left_mask = pad_rows(seqs, 6, "left")
+    right, right_mask = pad_rows(seqs, 6, "right")
     cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, top_k=10, top_p=0.9)
-    a = generate(params, config, left, left != 0, jax.random.key(3), cfg)
-    b = generate(params, config, right, right != 0, jax.random.key(3), cfg)
-    c = generate(params, config, left, left != 0, jax.random.key(4), cfg)
+    a = generate(params, config, left, left_mask, jax.random.key(3), cfg)
+    b = generate(params, config, right, right_mask, jax.random.key(3), cfg)
+    c = generate(params, config, left, left_mask, jax.random.key(4), cfg)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
 

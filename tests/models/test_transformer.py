@@ -14,6 +14,7 @@ from metapl.models import (
     tiny,
     unstack_layers,
 )
+from tests.batches import pad_rows
 
 
 def test_apply_works_under_grad_vmap_and_scan(rng):
@@ -61,12 +62,10 @@ def test_left_and_right_padding_give_the_same_logits(family, rng):
     config = tiny(family)
     params = init_params(config, jax.random.key(0))
     seq = rng.integers(0, config.vocab_size, size=5)
-    right = np.zeros((1, 8), np.int32)
-    right[0, :5] = seq
-    left = np.zeros((1, 8), np.int32)
-    left[0, 3:] = seq
-    lr = apply(params, config, jnp.asarray(right), attention_mask=jnp.asarray(right != 0) | (np.arange(8) < 5))
-    ll = apply(params, config, jnp.asarray(left), attention_mask=jnp.asarray(np.arange(8) >= 3)[None])
+    right, right_mask = pad_rows([seq], 8, "right")
+    left, left_mask = pad_rows([seq], 8, "left")
+    lr = apply(params, config, jnp.asarray(right), attention_mask=jnp.asarray(right_mask))
+    ll = apply(params, config, jnp.asarray(left), attention_mask=jnp.asarray(left_mask))
     np.testing.assert_allclose(lr[0, :5], ll[0, 3:], rtol=1e-5, atol=1e-5)
 
 
