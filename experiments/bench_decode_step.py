@@ -1,10 +1,16 @@
-"""Where a decoding step's time goes: SmolLM2-135M, batch 16, one token per step, 80-slot KV cache.
+"""Where a decoding step's time goes, and which matmul orientation XLA:CPU runs fastest.
 
-Times a loop of --steps decoding steps (compiled as one program, so no dispatch overhead is counted) and
-the same loop with parts removed: no LM head, the LM head alone, the MLP matmuls alone, the attention
-projections alone. Each variant is compiled with XLA:CPU's default dot library (YNNPACK) and with the
-XNNPACK option that `metapl.models.sampling` uses for decoding. Rounds are interleaved; the minimum over
-rounds is reported (the host's speed drifts; the minimum is the least disturbed run).
+SmolLM2-135M, batch 16, one token per step, 80-slot KV cache. Times a loop of --steps steps (one compiled
+program, so no dispatch overhead is counted) of:
+
+- the sampler's step (`metapl.models.decoding.cached_forward` + LM head + argmax), with and without the head,
+  and the LM head alone;
+- all matmuls of a step (fused q/k/v, o, fused gate/up, down, LM head) and nothing else, in the two
+  orientations: feature-major `W [out, in] @ x [in, B]` (what `decoding.py` does) and batch-major
+  `x [B, in] @ W [in, out]` (the training forward's layout).
+
+Each is compiled with XLA:CPU's default dot library (YNNPACK) and with XNNPACK dots. Rounds are interleaved;
+the minimum over rounds is reported (the host's speed drifts; the minimum is the least disturbed run).
 
     python experiments/bench_decode_step.py
 """
@@ -17,6 +23,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+XNNPACK_DOTS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
 
 
 def main() -> int:
@@ -31,68 +42,76 @@ def main() -> int:
     import jax.numpy as jnp
 
     from bench_common import machine_info, matmul_peak_gflops, write_results
-    from metapl.models import load_pretrained, transformer
-    from metapl.models.sampling import _CPU_DECODE_OPTIONS
+    from metapl.models import cached_forward, decoding_weights, init_cache, load_pretrained, next_token_logits
 
     model = load_pretrained("smollm2-135m")
     config = model.config
-    params = jax.block_until_ready(jax.jit(transformer.unstack_layers)(model.params))
-    b, n = args.batch, args.steps
-    cache = transformer.init_cache(config, b, args.cache_slots)
+    weights = jax.block_until_ready(jax.jit(decoding_weights, static_argnames="config")(model.params, config))
+    b, n, d = args.batch, args.steps, config.hidden_size
+    cache = init_cache(config, b, args.cache_slots)
     token = jnp.ones((b, 1), jnp.int32)
 
-    def full(p, c, t):
+    def step(w, c, t):
         def body(_, carry):
             c, t = carry
-            h, c = transformer.hidden_states(p, config, t, cache=c)
-            logits = transformer.logits_from_hidden(p, config, h[:, 0])
-            return c, jnp.argmax(logits, -1)[:, None].astype(jnp.int32)
+            h, c = cached_forward(w, config, t, c)
+            return c, jnp.argmax(next_token_logits(w, config, h[:, :, 0]), axis=0)[:, None].astype(jnp.int32)
         return jax.lax.fori_loop(0, n, body, (c, t))
 
-    def no_head(p, c, t):
+    def step_without_head(w, c, t):
         def body(_, carry):
             c, t, acc = carry
-            h, c = transformer.hidden_states(p, config, t, cache=c)
-            return c, t, acc + h[:, 0, :8].sum()
+            h, c = cached_forward(w, config, t, c)
+            return c, t, acc + h[:8, :, 0].sum()
         return jax.lax.fori_loop(0, n, body, (c, t, 0.0))
 
-    def head_only(p, c, t):
+    def head_only(w, c, t):
         def body(_, x):
-            return x + 1e-6 * transformer.logits_from_hidden(p, config, x)[:, : config.hidden_size]
-        return jax.lax.fori_loop(0, n, body, jnp.ones((b, config.hidden_size)))
+            return x + 1e-6 * next_token_logits(w, config, x)[:d]
+        return jax.lax.fori_loop(0, n, body, jnp.ones((d, b)))
 
-    def mlp_matmuls(p, c, t):
-        def body(_, x):
-            for layer in p["layers"]:
-                m = layer["mlp"]
-                x = x + (jax.nn.silu(x @ m["gate"]["kernel"]) * (x @ m["up"]["kernel"])) @ m["down"]["kernel"]
-            return x
-        return jax.lax.fori_loop(0, n, body, 0.01 * jnp.ones((b, config.hidden_size)))
+    def matmuls(w, batch_first):
+        q_rows, f = config.num_heads * config.dim_per_head, config.intermediate_size
 
-    def attention_projections(p, c, t):
-        g = config.num_heads // config.num_kv_heads
+        def feature_major(_, x):  # x [D, B], matrices [out, in]
+            for layer in w["layers"]:
+                x = x + layer["o"] @ (layer["qkv"] @ x)[:q_rows]
+                up = layer["up"] @ x
+                x = x + layer["down"] @ (up[:f] * up[f:])
+            return x + 1e-6 * (w["head"] @ x)[:d]
 
-        def body(_, x):
-            for layer in p["layers"]:
-                a = layer["attn"]
-                q, k, v = x @ a["q"]["kernel"], x @ a["k"]["kernel"], x @ a["v"]["kernel"]
-                x = x + (q + jnp.tile(k + v, g)) @ a["o"]["kernel"]
-            return x
-        return jax.lax.fori_loop(0, n, body, 0.01 * jnp.ones((b, config.hidden_size)))
+        def batch_major(_, x):  # x [B, D], matrices [in, out]
+            for layer in w["layers"]:
+                x = x + (x @ layer["qkv"])[:, :q_rows] @ layer["o"]
+                up = x @ layer["up"]
+                x = x + (up[:, :f] * up[:, f:]) @ layer["down"]
+            return x + 1e-6 * (x @ w["head"])[:, :d]
 
-    variants = {"full step": full, "without LM head": no_head, "LM head only": head_only,
-                "MLP matmuls only": mlp_matmuls, "attention projections only": attention_projections}
+        if batch_first:
+            return jax.lax.fori_loop(0, n, batch_major, 0.01 * jnp.ones((b, d)))
+        return jax.lax.fori_loop(0, n, feature_major, 0.01 * jnp.ones((d, b)))
+
+    transposed = jax.block_until_ready(jax.jit(lambda w: dict(w, head=w["head"].T, layers=[
+        {k: layer[k].T for k in ("qkv", "o", "up", "down")} for layer in w["layers"]]))(weights))
+    variants = {
+        "sampler step (cached_forward + LM head + argmax)": (step, (weights, cache, token)),
+        "step without LM head": (step_without_head, (weights, cache, token)),
+        "LM head only": (head_only, (weights, cache, token)),
+        "matmuls only, feature-major W @ x": (lambda w: matmuls(w, False), (weights,)),
+        "matmuls only, batch-major x @ W": (lambda w: matmuls(w, True), (transposed,)),
+    }
+    libraries = {"default (YNNPACK)": None, "XNNPACK dots": XNNPACK_DOTS}
     compiled = {}
-    for name, fn in variants.items():
-        for lib, options in (("default (YNNPACK)", None), ("XNNPACK dots", _CPU_DECODE_OPTIONS)):
+    for name, (fn, fn_args) in variants.items():
+        for lib, options in libraries.items():
             f = jax.jit(fn, compiler_options=options)
-            jax.block_until_ready(f(params, cache, token))
-            compiled[(name, lib)] = f
+            jax.block_until_ready(f(*fn_args))
+            compiled[(name, lib)] = (f, fn_args)
     best = {key: float("inf") for key in compiled}
     for _ in range(args.rounds):
-        for key, f in compiled.items():
+        for key, (f, fn_args) in compiled.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(f(params, cache, token))
+            jax.block_until_ready(f(*fn_args))
             best[key] = min(best[key], (time.perf_counter() - t0) / n * 1000)
 
     info = machine_info()
@@ -102,9 +121,10 @@ def main() -> int:
              f"Batch {b}, {args.cache_slots} cache slots, float32; minimum over {args.rounds} interleaved rounds of "
              f"{n} steps. Machine: {info['cpu']}, {info['cores']} cores, jax {info['jax']}, f32 matmul peak "
              f"{info['matmul_peak_gflops_f32']:.0f} GFLOP/s.", "",
-             "| part | default (YNNPACK) ms/step | XNNPACK dots ms/step |", "|---|---|---|"]
+             "| part | " + " | ".join(f"{lib} ms/step" for lib in libraries) + " |",
+             "|---|" + "---|" * len(libraries)]
     for name in variants:
-        lines.append(f"| {name} | {best[(name, 'default (YNNPACK)')]:.1f} | {best[(name, 'XNNPACK dots')]:.1f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{best[(name, lib)]:.1f}" for lib in libraries) + " |")
     lines += ["", "Command: `python experiments/bench_decode_step.py " + " ".join(sys.argv[1:]) + "`", ""]
     payload = {"benchmark": "decode_step", "batch": b, "cache_slots": args.cache_slots, "steps": n,
                "rounds": args.rounds, "machine": info, "results": results}

@@ -2,7 +2,8 @@
 
 Public surface:
   configs     ModelConfig, LoraConfig, RopeScaling, llama(), qwen2(), gpt2(), tiny()
-  forward     init_params, apply (logits), hidden_states (with optional KVCache), logits_from_hidden
+  forward     init_params, apply (logits), hidden_states, logits_from_hidden
+  decoding    KVCache, init_cache, decoding_weights, cached_forward, next_token_logits
   heads       init_head_params, reward (scalar at the last real token), values (per token)
   LoRA        init_lora, merge_lora
   log-probs   logprob_of, token_logprobs, sequence_logprobs, hidden_logprobs
@@ -11,6 +12,7 @@ Public surface:
 """
 
 from metapl.models.config import LoraConfig, ModelConfig, RopeScaling, gpt2, llama, qwen2, tiny
+from metapl.models.decoding import KVCache, cached_forward, decoding_weights, init_cache, next_token_logits
 from metapl.models.gguf_format import load_gguf
 from metapl.models.heads import init_head_params, last_token_index, reward, values
 from metapl.models.hf_format import (
@@ -24,11 +26,9 @@ from metapl.models.lora import init_lora, merge_lora
 from metapl.models.pretrained import ModelNotFoundError, Pretrained, load_pretrained, resolve_model
 from metapl.models.sampling import GenerationOutput, SamplingConfig, encode_prompts, generate, generate_text
 from metapl.models.transformer import (
-    KVCache,
     apply,
     default_positions,
     hidden_states,
-    init_cache,
     init_params,
     logits_from_hidden,
     unembedding,
@@ -37,10 +37,10 @@ from metapl.models.transformer import (
 
 __all__ = [
     "CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
-    "Pretrained", "RopeScaling", "SamplingConfig", "UnsupportedConfigError", "apply", "default_positions",
-    "encode_prompts", "generate", "generate_text", "gpt2", "hidden_logprobs", "hidden_states", "init_cache",
-    "init_head_params", "init_lora", "init_params", "last_token_index", "llama", "load_gguf",
-    "load_hf_directory", "load_pretrained", "logits_from_hidden", "logprob_of", "merge_lora", "qwen2",
-    "resolve_model", "reward", "save_hf_directory", "sequence_logprobs", "tiny", "token_logprobs",
-    "unembedding", "unstack_layers", "values",
+    "Pretrained", "RopeScaling", "SamplingConfig", "UnsupportedConfigError", "apply", "cached_forward",
+    "decoding_weights", "default_positions", "encode_prompts", "generate", "generate_text", "gpt2",
+    "hidden_logprobs", "hidden_states", "init_cache", "init_head_params", "init_lora", "init_params",
+    "last_token_index", "llama", "load_gguf", "load_hf_directory", "load_pretrained", "logits_from_hidden",
+    "logprob_of", "merge_lora", "next_token_logits", "qwen2", "resolve_model", "reward", "save_hf_directory",
+    "sequence_logprobs", "tiny", "token_logprobs", "unembedding", "unstack_layers", "values",
 ]

@@ -49,7 +49,7 @@ def reward(
 ) -> jax.Array:
     """Scalar reward [B] (float32) read at the last non-pad token of each row of tokens [B, T]."""
     chex.assert_equal_shape([tokens, attention_mask])
-    hidden, _ = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
+    hidden = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
     last = last_token_index(attention_mask)
     h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
     return _scalar_head(params, h_last)
@@ -64,5 +64,5 @@ def values(
     lora: Params | None = None,
 ) -> jax.Array:
     """Per-token values [B, T] (float32): entry t estimates the return after seeing tokens[: t + 1]."""
-    hidden, _ = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
+    hidden = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
     return _scalar_head(params, hidden)

@@ -20,6 +20,14 @@ from metapl.models.config import ModelConfig
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda z: jax.nn.gelu(z, approximate=False),
+    "gelu_tanh": lambda z: jax.nn.gelu(z, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
 def at_least_f32(dtype) -> jnp.dtype:
     """The precision for reductions and scores: float32, or float64 when computing in float64."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -108,18 +116,16 @@ def _lora_scale(config: ModelConfig, target: str) -> float:
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query self-attention, with an optional key/value cache.
+    """Multi-head / grouped-query self-attention.
 
-    Call: x [B, T, D], cos/sin [B, T, hd] (ignored without RoPE), mask [B, T, S] bool (True = may attend).
-    Without a cache S = T. With `cache` = (k, v, index), k and v [B, KV, S, hd], this call's keys and values
-    are first written at slot `index` and the queries attend over all S slots.
-    Returns (out [B, T, D], (k, v)): the updated cache, or without one this call's keys/values [B, KV, T, hd].
+    Call: x [B, T, D], cos/sin [B, T, hd] (ignored without RoPE), mask [B, T, T] bool (True = may attend)
+    -> out [B, T, D]. (Cached decoding has its own forward, `decoding.cached_forward`.)
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache=None):
+    def __call__(self, x, cos, sin, mask):
         c = self.config
         b, t, _ = x.shape
         h, kv, hd = c.num_heads, c.num_kv_heads, c.dim_per_head
@@ -131,16 +137,10 @@ class Attention(nn.Module):
         v = dense("v", kv * hd, c.qkv_bias)(x).reshape(b, t, kv, hd)
         if c.positions == "rope":
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Keys and values are kept heads-first, [B, KV, T, hd]: the layout whose batched matmuls XLA runs
-        # fastest on CPU, and the cache's layout.
-        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
-        if cache is not None:
-            cache_k, cache_v, index = cache
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, index, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, index, 0))
-        out = grouped_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        out = dense("o", c.hidden_size, c.out_bias)(out.reshape(b, t, h * hd))
-        return out, (k, v)
+        # Keys and values heads-first, [B, KV, T, hd]: the layout whose batched matmuls XLA runs fastest on
+        # CPU, and the KV cache's layout.
+        out = grouped_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
+        return dense("o", c.hidden_size, c.out_bias)(out.reshape(b, t, h * hd))
 
 
 def grouped_attention(q, k, v, mask):
@@ -172,12 +172,7 @@ class MLP(nn.Module):
         dense = lambda n, feats: Linear(  # noqa: E731
             feats, c.mlp_bias, c.compute_dtype, c.params_dtype, _lora_scale(c, n), name=n
         )
-        act = {
-            "silu": jax.nn.silu,
-            "gelu": lambda z: jax.nn.gelu(z, approximate=False),
-            "gelu_tanh": lambda z: jax.nn.gelu(z, approximate=True),
-            "relu": jax.nn.relu,
-        }[c.activation]
+        act = ACTIVATIONS[c.activation]
         if c.gated_mlp:
             hidden = act(dense("gate", c.intermediate_size)(x)) * dense("up", c.intermediate_size)(x)
         else:
@@ -191,10 +186,6 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache=None):
-        attn_out, new_kv = Attention(self.config, name="attn")(
-            make_norm(self.config, "attn_norm")(x), cos, sin, mask, cache
-        )
-        x = x + attn_out
-        x = x + MLP(self.config, name="mlp")(make_norm(self.config, "mlp_norm")(x))
-        return x, new_kv
+    def __call__(self, x, cos, sin, mask):
+        x = x + Attention(self.config, name="attn")(make_norm(self.config, "attn_norm")(x), cos, sin, mask)
+        return x + MLP(self.config, name="mlp")(make_norm(self.config, "mlp_norm")(x))

@@ -18,13 +18,18 @@ from metapl.models.layers import at_least_f32
 from metapl.models.transformer import Params, hidden_states, unembedding
 
 
-def logprob_of(logits: jax.Array, targets: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
-    """log-softmax(logits / temperature) at `targets`. logits [..., V], targets [...] int -> [...] float32."""
+def logprob_of(
+    logits: jax.Array, targets: jax.Array, temperature: float | jax.Array = 1.0, *, axis: int = -1
+) -> jax.Array:
+    """log-softmax(logits / temperature) at `targets`, over the vocabulary axis `axis`.
+
+    logits [..., V] (or V at `axis`), targets: logits' shape without `axis`, int -> that shape, float32.
+    """
     z = logits.astype(at_least_f32(logits.dtype)) / temperature
     # Shift by the row maximum before picking, so large logits do not cancel catastrophically in float32.
-    z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    picked = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jnp.log(jnp.sum(jnp.exp(z), axis=-1))
+    z = z - jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
+    picked = jnp.take_along_axis(z, jnp.expand_dims(targets.astype(jnp.int32), axis), axis=axis)
+    return jnp.squeeze(picked, axis) - jnp.log(jnp.sum(jnp.exp(z), axis=axis))
 
 
 def hidden_logprobs(
@@ -75,7 +80,7 @@ def token_logprobs(
 
     Entries at padding are meaningless; multiply by a mask (e.g. the response mask) before summing.
     """
-    hidden, _ = hidden_states(
+    hidden = hidden_states(
         params, config, tokens, attention_mask=attention_mask, lora=lora, positions=positions,
         segment_ids=segment_ids,
     )

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from metapl.models.config import ModelConfig
+from metapl.models.decoding import KVCache, cached_forward, decoding_weights, init_cache, next_token_logits
 from metapl.models.logprobs import logprob_of
-from metapl.models.transformer import Params, hidden_states, init_cache, logits_from_hidden, unstack_layers
+from metapl.models.transformer import Params
 
 MIN_BUCKET = 16
 
@@ -88,74 +89,80 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float | jax.Array, use_t
     return logits
 
 
-# XLA:CPU's default dot library (YNNPACK) runs the skinny [batch, d] x [d, n] matmuls of a one-token decoding
-# step ~1.5x slower than XNNPACK does (SmolLM2-135M, batch 16: experiments/bench_decode_step.py), while it is the
-# faster choice for the large matmuls of training. So only the decoding program asks for XNNPACK.
-_CPU_DECODE_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "",
-    "xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
-}
+def _pick(logits, key, temperature, top_p, *, greedy, top_k, use_top_p):
+    """Next tokens [B] int32 from logits [V, B]."""
+    if greedy:
+        return jnp.argmax(logits, axis=0).astype(jnp.int32)
+    z = logits / temperature
+    if top_k > 0 or use_top_p:
+        return jax.random.categorical(key, filter_logits(z.T, top_k, top_p, use_top_p), axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, z, axis=0).astype(jnp.int32)
+
+
+class _Loop(NamedTuple):
+    step: jax.Array  # [] int32: the next output column
+    cache: KVCache
+    logits: jax.Array  # [V, B] float32: logits of the next token
+    tokens: jax.Array  # [B, N]
+    logprobs: jax.Array  # [B, N]
+    mask: jax.Array  # [B, N]
+    done: jax.Array  # [B] bool
+    key: jax.Array
+
+
 _STATIC = ("config", "max_len", "greedy", "top_k", "use_top_p", "stop_token_ids", "pad_id")
 
 
-@functools.cache
-def _compiled_generate(backend: str):
-    options = _CPU_DECODE_OPTIONS if backend == "cpu" else None
-    return jax.jit(_generate, static_argnames=_STATIC, compiler_options=options)
-
-
-def _generate(params, lora, prompt_tokens, prompt_mask, key, max_new_tokens, temperature, top_p, *,
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate(weights, prompt_tokens, prompt_mask, key, max_new_tokens, temperature, top_p, *,
               config, max_len, greedy, top_k, use_top_p, stop_token_ids, pad_id):
     b, p = prompt_tokens.shape
     prompt_tokens, prompt_mask = left_align(prompt_tokens, prompt_mask.astype(bool))
-    cache = init_cache(config, b, p + max_len)
-    hidden, cache = hidden_states(params, config, prompt_tokens, attention_mask=prompt_mask, lora=lora, cache=cache)
-    logits = logits_from_hidden(params, config, hidden[:, -1])
+    hidden, cache = cached_forward(weights, config, prompt_tokens, init_cache(config, b, p + max_len), prompt_mask)
     stop_ids = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
     logp_temperature = jnp.where(greedy, 1.0, temperature)
 
-    def cond(state):
-        step, _, _, _, _, _, done, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
-
-    def body(state):
-        step, cache, logits, out_tok, out_lp, out_mask, done, key = state
-        key, sub = jax.random.split(key)
-        if greedy:
-            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        else:
-            z = filter_logits(logits / temperature, top_k, top_p, use_top_p)
-            token = jax.random.categorical(sub, z, axis=-1).astype(jnp.int32)
-        lp = logprob_of(logits, token, logp_temperature)
-        live = ~done
+    def emit(s: _Loop) -> tuple[jax.Array, jax.Array, _Loop]:
+        """Choose the tokens of column `s.step` from `s.logits` and record them."""
+        key, sub = jax.random.split(s.key)
+        token = _pick(s.logits, sub, temperature, top_p, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+        lp = logprob_of(s.logits, token, logp_temperature, axis=0)
+        live = ~s.done
         token = jnp.where(live, token, pad_id)
-        out_tok = out_tok.at[:, step].set(token)
-        out_lp = out_lp.at[:, step].set(jnp.where(live, lp, 0.0))
-        out_mask = out_mask.at[:, step].set(live)
-        done = done | jnp.isin(token, stop_ids)
-        hidden, cache = hidden_states(params, config, token[:, None], attention_mask=live[:, None], lora=lora,
-                                      cache=cache)
-        logits = logits_from_hidden(params, config, hidden[:, 0])
-        return step + 1, cache, logits, out_tok, out_lp, out_mask, done, key
+        s = s._replace(
+            step=s.step + 1,
+            tokens=s.tokens.at[:, s.step].set(token),
+            logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, lp, 0.0)),
+            mask=s.mask.at[:, s.step].set(live),
+            done=s.done | jnp.isin(token, stop_ids),
+            key=key,
+        )
+        return token, live, s
 
-    state = (
-        jnp.zeros((), jnp.int32),
-        cache,
-        logits,
-        jnp.full((b, max_len), pad_id, jnp.int32),
-        jnp.zeros((b, max_len), jnp.float32),
-        jnp.zeros((b, max_len), bool),
-        jnp.zeros((b,), bool),
-        key,
+    def body(s: _Loop) -> _Loop:
+        token, live, s = emit(s)
+        hidden, cache = cached_forward(weights, config, token[:, None], s.cache, live[:, None])
+        return s._replace(cache=cache, logits=next_token_logits(weights, config, hidden[:, :, 0]))
+
+    def cond(s: _Loop) -> jax.Array:
+        # The last column is emitted after the loop: no forward pass is needed past it.
+        return (s.step < max_new_tokens - 1) & ~jnp.all(s.done)
+
+    state = _Loop(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits=next_token_logits(weights, config, hidden[:, :, -1]),
+        tokens=jnp.full((b, max_len), pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, max_len), jnp.float32),
+        mask=jnp.zeros((b, max_len), bool),
+        done=jnp.zeros((b,), bool),
+        key=key,
     )
-    _, _, _, out_tok, out_lp, out_mask, _, _ = jax.lax.while_loop(cond, body, state)
-    return GenerationOutput(out_tok, out_mask, out_lp, prompt_tokens, prompt_mask)
+    _, _, state = emit(jax.lax.while_loop(cond, body, state))
+    return GenerationOutput(state.tokens, state.mask, state.logprobs, prompt_tokens, prompt_mask)
 
 
-@jax.jit
-def _unstack(tree):
-    # Per-layer weight buffers, made once per call, so the decoding loop never slices stacked weights.
-    return unstack_layers(tree)
+_decoding_weights = jax.jit(decoding_weights, static_argnames="config")
 
 
 def generate(
@@ -186,8 +193,8 @@ def generate(
             f"{config.max_position_embeddings} learned positions"
         )
     max_len = bucket(sampling.max_new_tokens)
-    out = _compiled_generate(jax.default_backend())(
-        _unstack(params), _unstack(lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,
+    out = _generate(
+        _decoding_weights(params, config, lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,
         jnp.int32(sampling.max_new_tokens), jnp.float32(max(sampling.temperature, 1e-6)),
         jnp.float32(sampling.top_p),
         config=config, max_len=max_len, greedy=sampling.temperature == 0,

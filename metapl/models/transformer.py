@@ -13,14 +13,14 @@ LoRA weights, when used, form a separate tree `{"layers": {"attn": {"q": {"a": [
 (see `lora.py`); passing `lora=None` gives the base (reference) model.
 
 "layers" may also be a list of L per-layer trees (`unstack_layers`). Stacked layers are scanned (one compiled
-block: the training layout, fast to compile); a list is unrolled. Decoding with a KV cache always runs
-unrolled over per-layer weights and per-layer cache buffers: XLA on CPU copies a layer's slice out of a
-stacked array at every scan step, which costs more than the matmuls of a one-token step.
+block: the training layout, fast to compile); a list is unrolled. Decoding with a KV cache has its own
+forward pass over per-layer weights, `decoding.cached_forward` (a scan would copy a layer's slice out of the
+stacked arrays at every step, which on CPU costs more than the matmuls of a one-token step).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import chex
 import jax
@@ -30,36 +30,6 @@ from metapl.models.config import ModelConfig, rope_inverse_frequencies
 from metapl.models.layers import Block, at_least_f32, make_norm
 
 Params = Any
-
-
-class KVCache(NamedTuple):
-    """Key/value cache for incremental decoding; rows are aligned (left-padded prompts).
-
-    k, v: L arrays [B, KV, S, hd], one buffer per layer (heads-first, as attention reads them), so that a
-      decoding loop updates each in place.
-    valid: [B, S] bool, which slots hold real (non-pad) tokens.
-    index: [] int32, the next slot to write (the same for every row).
-    next_position: [B] int32, the position id of the next real token of each row.
-    """
-
-    k: list[jax.Array]
-    v: list[jax.Array]
-    valid: jax.Array
-    index: jax.Array
-    next_position: jax.Array
-
-
-def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty cache of `max_len` slots per row."""
-    dtype = dtype or config.compute_dtype
-    shape = (batch, config.num_kv_heads, max_len, config.dim_per_head)
-    return KVCache(
-        k=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
-        v=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
-        valid=jnp.zeros((batch, max_len), bool),
-        index=jnp.zeros((), jnp.int32),
-        next_position=jnp.zeros((batch,), jnp.int32),
-    )
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> Params:
@@ -131,38 +101,23 @@ def hidden_states(
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     lora: Params | None = None,
-    cache: KVCache | None = None,
-) -> tuple[jax.Array, KVCache | None]:
-    """Final-norm hidden states [B, T, D] of tokens [B, T], and the updated cache (None without one).
+) -> jax.Array:
+    """Final-norm hidden states [B, T, D] of tokens [B, T].
 
     attention_mask [B, T]: 1 for real tokens, 0 for padding (left or right). positions default to
-    `default_positions` (continuing from `cache.next_position` when a cache is given). segment_ids [B, T]
-    confine attention to tokens of the same packed segment (no cache).
+    `default_positions`. segment_ids [B, T] confine attention to tokens of the same packed segment.
     """
     chex.assert_rank(tokens, 2)
     b, t = tokens.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), bool)
     chex.assert_shape([attention_mask] + [a for a in (positions, segment_ids) if a is not None], (b, t))
-    if cache is not None:
-        chex.assert_shape(cache.valid, (b, None))
     attention_mask = attention_mask.astype(bool)
-    if segment_ids is not None and cache is not None:
-        raise ValueError("packed sequences (segment_ids) cannot be combined with a KV cache")
     if positions is None:
         positions = default_positions(attention_mask, segment_ids)
-        if cache is not None:
-            positions = positions + cache.next_position[:, None]
-
-    if cache is None:
-        mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]
-        if segment_ids is not None:
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    else:
-        # Query t sits in slot index + t and sees the real tokens in slots up to its own.
-        valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
-        slots = jnp.arange(valid.shape[1])
-        mask = valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
 
     x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.compute_dtype)
     if config.positions == "learned":
@@ -176,35 +131,18 @@ def hidden_states(
     def variables(p, l):
         return {"params": p} if l is None else {"params": p, "lora": l}
 
-    new_cache = None
-    if cache is None and not isinstance(params["layers"], (list, tuple)):
+    if not isinstance(params["layers"], (list, tuple)):
 
         def step(x, layer):
             p, l = layer
-            x, _ = block.apply(variables(p, l), x, cos, sin, mask)
-            return x, None
+            return block.apply(variables(p, l), x, cos, sin, mask), None
 
         x, _ = jax.lax.scan(step, x, (params["layers"], None if lora is None else lora["layers"]))
     else:
-        layers = unstack_layers(params)["layers"]
-        layer_lora = None if lora is None else unstack_layers(lora)["layers"]
-        new_k, new_v = [], []
-        for i, p in enumerate(layers):
-            l = None if layer_lora is None else layer_lora[i]
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
-            x, (k, v) = block.apply(variables(p, l), x, cos, sin, mask, layer_cache)
-            new_k.append(k)
-            new_v.append(v)
-        if cache is not None:
-            new_cache = KVCache(
-                k=new_k,
-                v=new_v,
-                valid=valid,
-                index=cache.index + t,
-                next_position=cache.next_position + attention_mask.sum(axis=1).astype(jnp.int32),
-            )
-    x = make_norm(config, "final_norm").apply({"params": params["final_norm"]}, x)
-    return x, new_cache
+        layer_lora = [None] * len(params["layers"]) if lora is None else unstack_layers(lora)["layers"]
+        for p, l in zip(params["layers"], layer_lora):
+            x = block.apply(variables(p, l), x, cos, sin, mask)
+    return make_norm(config, "final_norm").apply({"params": params["final_norm"]}, x)
 
 
 def unembedding(params: Params, config: ModelConfig) -> jax.Array:
@@ -232,7 +170,7 @@ def apply(
     lora: Params | None = None,
 ) -> jax.Array:
     """Next-token logits [B, T, V] (float32) of tokens [B, T]. Pure; works under grad, vmap and scan."""
-    hidden, _ = hidden_states(
+    hidden = hidden_states(
         params, config, tokens, attention_mask=attention_mask, positions=positions, segment_ids=segment_ids, lora=lora
     )
     return logits_from_hidden(params, config, hidden)

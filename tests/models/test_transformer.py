@@ -99,7 +99,7 @@ def test_bfloat16_compute_stays_close_to_float32(rng):
     bf16 = apply(params, config.replace(dtype="bfloat16"), tokens)
     assert bf16.dtype == jnp.float32  # logits are always float32
     assert float(jnp.abs(bf16 - f32).max()) <= 0.05 * float(jnp.abs(f32).max())
-    h, _ = hidden_states(params, config.replace(dtype="bfloat16"), tokens)
+    h = hidden_states(params, config.replace(dtype="bfloat16"), tokens)
     assert h.dtype == jnp.bfloat16
 
 
