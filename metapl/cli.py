@@ -1,6 +1,8 @@
 """The `metapl` command.
 
     metapl sample --model smollm2-135m --prompt "The capital of France is" --max-new-tokens 8
+    metapl data build synthetic_domains
+    metapl data show synthetic_domains --split heldout -n 3
 
 Errors in what the user asked for (unknown model, missing files, bad values) end with exit status 2 and a
 one-line reason on stderr, never a traceback.
@@ -106,19 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completion-only", action="store_true", help="print only the generated text")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter/compute dtype")
     p.set_defaults(func=_cmd_sample)
+
+    from metapl.data.commands import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from metapl.data.schemas import DataError
     from metapl.models.hf_format import CheckpointError
     from metapl.models.tokenizer import TokenizerError
 
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, TokenizerError) as e:
-        print(f"metapl {args.command}: error: {e}", file=sys.stderr)
+    except (UsageError, CheckpointError, TokenizerError, DataError) as e:
+        command = " ".join(c for c in (args.command, getattr(args, "data_command", None)) if c)
+        print(f"metapl {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metapl: interrupted", file=sys.stderr)

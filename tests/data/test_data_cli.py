@@ -1,0 +1,59 @@
+"""`metapl data build/show` on synthetic_domains: runs in seconds, and bad requests exit with status 2."""
+
+import numpy as np
+import pytest
+
+from metapl.cli import main
+from metapl.data.tfds_builders import load_records, read_metadata, synthetic_from_metadata
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("datasets")
+    args = ["data", "build", "synthetic_domains", "--data-dir", str(data_dir), "--num-domains", "26",
+            "--num-heldout", "20", "--pairs-per-domain", "6", "--prompts-per-domain", "3"]
+    assert main(args) == 0
+    return data_dir
+
+
+def test_build_writes_both_configs_with_the_fixed_split(built, capsys):
+    pairs = built / "synthetic_domains" / "pairs" / "1.0.0"
+    meta = read_metadata(pairs)
+    assert meta["train_domains"] == [f"syn{i:03d}" for i in range(6)]
+    assert meta["heldout_domains"] == [f"syn{i:03d}" for i in range(6, 26)]
+    train, heldout = load_records(pairs, "train"), load_records(pairs, "heldout")
+    assert len(train) == 36 and len(heldout) == 120
+    assert {p.domain for p in heldout} == set(meta["heldout_domains"])
+    bench = synthetic_from_metadata(meta)  # the stored records are the benchmark's (margins stored in float32)
+    key = lambda p: (p.domain, p.prompt, p.chosen, p.rejected)  # noqa: E731
+    want = sorted([p for d in bench.train_domains for p in bench.pairs(d)], key=key)
+    assert [key(p) for p in sorted(train, key=key)] == [key(p) for p in want]
+    np.testing.assert_allclose([p.gold_margin for p in sorted(train, key=key)], [p.gold_margin for p in want],
+                               rtol=1e-6)
+    prompts = load_records(built / "synthetic_domains" / "prompts" / "1.0.0", "heldout")
+    assert len(prompts) == 60 and all(p.reference is None for p in prompts)
+
+
+def test_show_prints_counts_examples_and_gold_rewards(built, capsys):
+    assert main(["data", "show", "synthetic_domains", "--data-dir", str(built), "--split", "heldout",
+                 "--domain", "syn010", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "120 records in 20 domains" in out and "syn010: 6" in out
+    assert out.count("domain: syn010") == 2 and out.count("gold reward") == 4
+
+
+@pytest.mark.parametrize("args, words", [
+    (["show", "synthetic_domains", "--domain", "syn999"], "unknown domain 'syn999'"),
+    (["build", "synthetic_domains", "--num-domains", "5", "--num-heldout", "5"], "num_heldout must be in"),
+    (["build", "synthetic_domains", "--num-domains", "26", "--num-heldout", "20", "--pairs-per-domain", "6",
+      "--prompts-per-domain", "3", "--shift", "0.9"], "holds a build with other settings (shift: 0.5 -> 0.9)"),
+])
+def test_bad_requests_exit_2_with_one_line(built, capsys, args, words):
+    assert main(["data", *args[:2], "--data-dir", str(built), *args[2:]]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_show_before_build(tmp_path, capsys):
+    assert main(["data", "show", "synthetic_domains", "--data-dir", str(tmp_path)]) == 2
+    assert "run `metapl data build synthetic_domains` first" in capsys.readouterr().err
