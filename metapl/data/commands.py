@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metapl.data.schemas import DataError, PreferencePair
 
-BENCHMARKS = ("synthetic_domains",)
+BENCHMARKS = ("synthetic_domains", "sentiment_domains")
 
 
 def default_data_dir() -> Path:
@@ -30,14 +30,19 @@ def add_parser(sub) -> None:
     b.add_argument("--data-dir", type=Path, default=None,
                    help="where to write (default: $METAPL_DATA_DIR, else ~/.cache/metapl/datasets)")
     b.add_argument("--overwrite", action="store_true", help="replace a build made with other settings")
+    g = b.add_argument_group("knobs of both benchmarks")
+    g.add_argument("--pairs-per-domain", type=int, default=None, help="default: 64 synthetic, 8 sentiment")
+    g.add_argument("--prompts-per-domain", type=int, default=None, help="default: 64 synthetic, 32 sentiment")
+    g.add_argument("--label-noise", type=float, default=None,
+                   help="Bradley-Terry temperature of the labels (default: 0.1 synthetic, 0.05 sentiment)")
+    g.add_argument("--seed", type=int, default=0)
     g = b.add_argument_group("synthetic_domains knobs")
     g.add_argument("--num-domains", type=int, default=64)
     g.add_argument("--num-heldout", type=int, default=24)
     g.add_argument("--shift", type=float, default=0.5, help="spread of domain preferences around the shared one")
-    g.add_argument("--label-noise", type=float, default=0.1, help="Bradley-Terry temperature of the labels")
-    g.add_argument("--pairs-per-domain", type=int, default=64)
-    g.add_argument("--prompts-per-domain", type=int, default=64)
-    g.add_argument("--seed", type=int, default=0)
+    g = b.add_argument_group("sentiment_domains knobs")
+    g.add_argument("--max-new-tokens", type=int, default=24, help="length of the sampled continuations")
+    g.add_argument("--model", default="smollm2-135m", help="the policy that samples the continuations")
     b.set_defaults(func=_cmd_build)
 
     s = dsub.add_parser("show", help="print examples and per-domain counts")
@@ -50,26 +55,44 @@ def add_parser(sub) -> None:
     s.set_defaults(func=_cmd_show)
 
 
+def _knobs(args: argparse.Namespace, **defaults) -> dict:
+    return {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
-    from metapl.data.synthetic import SyntheticConfig
-    from metapl.data.tfds_builders import build_synthetic, load_records
+    from metapl.data import tfds_builders
 
     data_dir = args.data_dir or default_data_dir()
     try:
-        config = SyntheticConfig(num_domains=args.num_domains, num_heldout=args.num_heldout, shift=args.shift,
-                                 label_noise=args.label_noise, pairs_per_domain=args.pairs_per_domain, seed=args.seed)
+        if args.name == "synthetic_domains":
+            from metapl.data.synthetic import SyntheticConfig
+
+            knobs = _knobs(args, pairs_per_domain=64, prompts_per_domain=64, label_noise=0.1)
+            prompts_per_domain = knobs.pop("prompts_per_domain")
+            config = SyntheticConfig(num_domains=args.num_domains, num_heldout=args.num_heldout, shift=args.shift,
+                                     seed=args.seed, **knobs)
+            paths = tfds_builders.build_synthetic(data_dir, config, prompts_per_domain=prompts_per_domain,
+                                                  overwrite=args.overwrite)
+        else:
+            from metapl.data.sentiment import SentimentConfig
+
+            config = SentimentConfig(max_new_tokens=args.max_new_tokens, model=args.model, seed=args.seed,
+                                     **_knobs(args, pairs_per_domain=8, prompts_per_domain=32, label_noise=0.05))
+            paths = tfds_builders.build_sentiment(data_dir, config, overwrite=args.overwrite)
     except ValueError as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(str(e)) from None
-    paths = build_synthetic(data_dir, config, prompts_per_domain=args.prompts_per_domain, overwrite=args.overwrite)
     for kind, path in paths.items():
-        counts = {split: len(load_records(path, split)) for split in ("train", "heldout")}
-        print(f"{args.name}/{kind}: {counts['train']} train ({config.num_domains - config.num_heldout} domains), "
-              f"{counts['heldout']} heldout ({config.num_heldout} domains) -> {path}")
+        meta = tfds_builders.read_metadata(path)
+        counts = {split: len(tfds_builders.load_records(path, split)) for split in ("train", "heldout")}
+        print(f"{args.name}/{kind}: {counts['train']} train ({len(meta['train_domains'])} domains), "
+              f"{counts['heldout']} heldout ({len(meta['heldout_domains'])} domains) -> {path}")
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from metapl.data.tfds_builders import VERSION, load_records, read_metadata, synthetic_from_metadata
+    from metapl.data.tfds_builders import VERSION, load_records, read_metadata
 
     path = (args.data_dir or default_data_dir()) / args.name / args.config / VERSION
     if not path.exists():
@@ -86,15 +109,30 @@ def _cmd_show(args: argparse.Namespace) -> int:
     line = ", ".join(f"{d}: {counts[d]}" for d in known)
     print(f"per domain: {line}")
     shown = [r for r in records if args.domain is None or r.domain == args.domain][: args.n]
-    bench = synthetic_from_metadata(metadata) if args.name == "synthetic_domains" else None
+    gold = _gold_reward(args.name, metadata)
     for r in shown:
         print("---")
         print(f"domain: {r.domain}\nprompt: {r.prompt}")
         if isinstance(r, PreferencePair):
-            gold = (lambda y: f"  (gold reward {bench.gold_reward(r.domain, r.prompt, y):+.3f})") if bench else str
-            print(f"chosen: {r.chosen}{gold(r.chosen) if bench else ''}")
-            print(f"rejected: {r.rejected}{gold(r.rejected) if bench else ''}")
-        elif r.reference:
-            print(f"reference: {r.reference}")
+            print(f"chosen: {r.chosen}  ({gold(r.domain, r.prompt, r.chosen)})")
+            print(f"rejected: {r.rejected}  ({gold(r.domain, r.prompt, r.rejected)})")
+        else:
+            if args.name == "sentiment_domains":
+                print(f"  ({gold(r.domain, '', r.prompt)} for the prompt)")
+            if r.reference:
+                print(f"reference: {r.reference if len(r.reference) < 300 else r.reference[:300] + ' ...'}")
     sys.stdout.flush()
     return 0
+
+
+def _gold_reward(name: str, metadata: dict):
+    """(domain, prompt, response) -> a printable gold score of the response."""
+    if name == "synthetic_domains":
+        from metapl.data.tfds_builders import synthetic_from_metadata
+
+        bench = synthetic_from_metadata(metadata)
+        return lambda d, x, y: f"gold reward {bench.gold_reward(d, x, y):+.3f}"
+    from metapl.data.judges import VaderJudge
+
+    judge = VaderJudge()
+    return lambda d, x, y: f"VADER {float(judge.score([x + y])[0]):+.3f}"

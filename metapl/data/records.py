@@ -5,12 +5,15 @@
     result.records, result.skipped                                         # skipped: [(line, reason), ...]
 
 Errors name the file, the 1-based line and the field. Blank lines are not records and are passed over.
+Gzip-compressed files are read transparently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -51,22 +54,32 @@ def check_domain(domain: str, known: Sequence[str] | None, where: Where) -> None
 
 
 def iter_json_lines(path: str | Path) -> Iterable[tuple[int, Any, DataError | None]]:
-    """(line number, parsed JSON value or None, error or None) for each non-blank line of a JSONL file."""
+    """(line number, parsed JSON value or None, error or None) for each non-blank line of a JSONL file.
+
+    Gzip-compressed files (recognised by their magic bytes) are read transparently; a corrupt gzip stream
+    raises DataError naming the file (it is not one bad record).
+    """
     path = Path(path)
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = Where(str(path), number)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield number, None, where.error(f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text), None
-            except json.JSONDecodeError as e:
-                yield number, None, where.error(f"malformed JSON: {e.msg} at column {e.colno}")
+        compressed = f.read(2) == b"\x1f\x8b"
+    number = 0
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            for number, raw in enumerate(f, start=1):
+                where = Where(str(path), number)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield number, None, where.error(f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})")
+                    continue
+                if not text.strip():
+                    continue
+                try:
+                    yield number, json.loads(text), None
+                except json.JSONDecodeError as e:
+                    yield number, None, where.error(f"malformed JSON: {e.msg} at column {e.colno}")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"corrupt gzip stream after line {number}: {e}", source=str(path)) from None
 
 
 def read_jsonl(

@@ -71,8 +71,8 @@ def make_builder_class(name: str, description: str):
                            tfds.core.BuilderConfig(name="prompts", description="prompts per domain")]
 
         def __init__(self, *, splits: Callable[[str], dict[str, Iterable]] | None = None,
-                     metadata: dict | None = None, **kwargs):
-            self._splits, self._metadata = splits, metadata or {}
+                     metadata: dict | None = None, report: Callable[[], dict] | None = None, **kwargs):
+            self._splits, self._metadata, self._report = splits, metadata or {}, report
             super().__init__(**kwargs)
 
         def _info(self):
@@ -83,8 +83,10 @@ def make_builder_class(name: str, description: str):
         def _split_generators(self, dl_manager):
             if self._splits is None:
                 raise DataError(f"{name}: nothing to build from (construct the builder with splits=...)")
-            return {split: self._generate_examples(records)
-                    for split, records in self._splits(self.builder_config.name).items()}
+            splits = self._splits(self.builder_config.name)
+            if self._report is not None:  # what the build found out (counts), stored beside its settings
+                self.info.metadata.update(json.loads(json.dumps(self._report())))
+            return {split: self._generate_examples(records) for split, records in splits.items()}
 
         def _generate_examples(self, records):
             for i, r in enumerate(records):
@@ -96,18 +98,19 @@ def make_builder_class(name: str, description: str):
 
 
 def build(name: str, description: str, data_dir: str | Path, splits: Callable[[str], dict[str, Iterable]],
-          metadata: dict, *, overwrite: bool = False) -> dict[str, Path]:
+          metadata: dict, *, overwrite: bool = False, report: Callable[[], dict] | None = None) -> dict[str, Path]:
     """Build both configs of benchmark `name` under data_dir; returns {config: dataset directory}.
 
-    An existing build with the same metadata is reused; one with different metadata is an error unless
-    `overwrite`.
+    metadata: the build's settings, stored with it. An existing build with the same settings is reused; one
+    with other settings is an error unless `overwrite`. report(): extra facts known only after `splits` ran
+    (e.g. counts of discarded samples), stored in the metadata too.
     """
     cls = make_builder_class(name, description)
     paths = {}
     for config in ("pairs", "prompts"):
         path = Path(data_dir) / name / config / VERSION
         if path.exists():
-            old = read_metadata(path)
+            old = {k: v for k, v in read_metadata(path).items() if k in metadata}
             if old == json.loads(json.dumps(metadata)) and not overwrite:
                 paths[config] = path
                 continue
@@ -115,7 +118,7 @@ def build(name: str, description: str, data_dir: str | Path, splits: Callable[[s
                 raise DataError(f"{path} holds a build with other settings ({_diff(old, metadata)}); pass "
                                 "overwrite=True (--overwrite) or another data directory")
             shutil.rmtree(path)
-        builder = cls(config=config, splits=splits, metadata=metadata, data_dir=str(data_dir),
+        builder = cls(config=config, splits=splits, metadata=metadata, report=report, data_dir=str(data_dir),
                       file_format="array_record")
         builder.download_and_prepare()
         paths[config] = Path(builder.data_path)
@@ -167,3 +170,26 @@ def synthetic_from_metadata(metadata: dict) -> SyntheticDomains:
     fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
     knobs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in metadata.items() if k in fields}
     return SyntheticDomains(SyntheticConfig(**knobs))
+
+
+def build_sentiment(data_dir: str | Path, config=None, *, overwrite: bool = False) -> dict[str, Path]:
+    """Build `sentiment_domains` (samples the embedded policy: minutes on CPU; reused once built)."""
+    import functools
+
+    from metapl.data import sentiment
+
+    config = config or sentiment.SentimentConfig()
+    made = functools.cache(lambda: sentiment.build_records(config))
+
+    def splits(kind: str):
+        return made().pairs if kind == "pairs" else made().prompts
+
+    def report():
+        b = made()
+        return {"identical_pairs_discarded": b.identical, "excluded_domains": b.excluded,
+                "train_domains": b.train_domains, "heldout_domains": b.heldout_domains,
+                "build_seconds": round(b.seconds, 1)}
+
+    return build("sentiment_domains", "Controlled sentiment generation on real text, judged by VADER "
+                 "(metapl.data.sentiment).", data_dir, splits, dataclasses.asdict(config), overwrite=overwrite,
+                 report=report)

@@ -11,8 +11,8 @@ from metapl.data import (
 PAIR = {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "domain": "chat"}
 TREE = {
     "prompt": "Tell a story", "domain": "stories",
-    "nodes": [{"parent": -1, "text": "Once"}, {"parent": 0, "text": " upon a time"}, {"parent": 0, "text": " there was"},
-              {"parent": -1, "text": "A long"}],
+    "nodes": [{"parent": -1, "text": "Once"}, {"parent": 0, "text": " upon a time"},
+              {"parent": 0, "text": " there was"}, {"parent": -1, "text": "A long"}],
     "comparisons": [{"chosen": 1, "rejected": 2, "shared_prefix": 1}, {"chosen": 3, "rejected": 1, "shared_prefix": 0,
                                                                         "gold_margin": 0.5}],
 }
