@@ -1,6 +1,8 @@
-"""`metapl data build NAME` and `metapl data show NAME`: build the embedded benchmarks, look inside them.
+"""`metapl data build|show|import`: build the embedded benchmarks, look inside them, import your own files.
 
 Builds go to --data-dir (default $METAPL_DATA_DIR, else ~/.cache/metapl/datasets).
+
+    metapl data import prefs.parquet --kind pairs --map prompt=question --map domain=category --out prefs.jsonl
 """
 
 from __future__ import annotations
@@ -53,6 +55,19 @@ def add_parser(sub) -> None:
     s.add_argument("--domain", help="only this domain")
     s.add_argument("-n", type=int, default=5, help="examples to print (default 5)")
     s.set_defaults(func=_cmd_show)
+
+    i = dsub.add_parser("import", help="validate a JSONL/Parquet file of your own and write metapl records",
+                        description="Read records through a column mapping, validate every one, and write them "
+                        "as metapl JSONL. The first invalid record stops the import (exit status 2) unless "
+                        "--skip-invalid, which writes the skipped lines and reasons beside the output.")
+    i.add_argument("path", type=Path, help="a .jsonl[.gz] or .parquet file, or a directory of them")
+    i.add_argument("--kind", choices=("pairs", "prompts", "samples"), default="pairs")
+    i.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="read record field FIELD from the file's COLUMN (default: the field's own name)")
+    i.add_argument("--domain", help="a constant domain, for files without a domain column")
+    i.add_argument("--out", type=Path, help="where to write the records (default: only validate)")
+    i.add_argument("--skip-invalid", action="store_true", help="skip invalid records, count and store the reasons")
+    i.set_defaults(func=_cmd_import)
 
 
 def _knobs(args: argparse.Namespace, **defaults) -> dict:
@@ -136,3 +151,42 @@ def _gold_reward(name: str, metadata: dict):
 
     judge = VaderJudge()
     return lambda d, x, y: f"VADER {float(judge.score([x + y])[0]):+.3f}"
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    import json
+
+    from metapl.data.readers import import_table
+    from metapl.data.records import write_jsonl
+    from metapl.data.schemas import PromptExample, ScoredSample
+
+    record_type = {"pairs": PreferencePair, "prompts": PromptExample, "samples": ScoredSample}[args.kind]
+    columns = {}
+    for item in args.map:
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise DataError(f"--map expects FIELD=COLUMN, got {item!r}")
+        columns[field] = column
+    optional = {"gold_margin", "reference"}
+    for field in record_type.FIELDS:
+        if field not in columns and field not in optional and not (field == "domain" and args.domain):
+            columns[field] = field
+    try:
+        result = import_table(args.path, columns, record_type=record_type, domain=args.domain,
+                              skip_invalid=args.skip_invalid)
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(str(e)) from None
+    print(result.summary())
+    if args.out:
+        n = write_jsonl(args.out, result.records)
+        print(f"wrote {n} records to {args.out}")
+        if result.skipped:
+            report = args.out.with_name(args.out.name + ".skipped.json")
+            report.write_text(json.dumps({"skipped": len(result.skipped), "reasons": [
+                {"line": line, "reason": reason} for line, reason in result.skipped]}, indent=1))
+            print(f"wrote the {len(result.skipped)} skipped records' lines and reasons to {report}")
+    for line, reason in result.skipped[:5]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    return 0

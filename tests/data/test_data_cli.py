@@ -1,5 +1,7 @@
 """`metapl data build/show` on synthetic_domains: runs in seconds, and bad requests exit with status 2."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,42 @@ def test_bad_requests_exit_2_with_one_line(built, capsys, args, words):
 def test_show_before_build(tmp_path, capsys):
     assert main(["data", "show", "synthetic_domains", "--data-dir", str(tmp_path)]) == 2
     assert "run `metapl data build synthetic_domains` first" in capsys.readouterr().err
+
+
+
+GOOD = '{"q": "Say hi", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": 0.5}'
+MAPS = ["--map", "prompt=q", "--map", "chosen=good", "--map", "rejected=bad", "--map", "domain=cat",
+        "--map", "gold_margin=gm"]
+
+
+@pytest.mark.parametrize("line, words", [
+    (b'{"q": "Say hi", "good": "Hi!", ', "malformed JSON"),
+    (b'{"q": "Say hi", "good": "Hi!", "bad": "Hi!", "cat": "chat", "gm": 0}', "field 'good': is identical"),
+    (b'{"q": " ", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": 0}', "field 'q': is empty (mapped to 'prompt')"),
+    (b'{"q": "Say hi", "good": "Hi!", "cat": "chat", "gm": 0}', "field 'bad': column missing (mapped to 'rejected')"),
+    (b'{"q": "Say hi", "good": 3, "bad": "No.", "cat": "chat", "gm": 0}', "field 'good': expected a string, got int"),
+    (b'{"q": "Say hi", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": NaN}', "field 'gm': must be finite"),
+    (b'{"q": "caf\xe9", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": 0}', "not valid UTF-8"),
+])
+def test_import_names_file_line_and_field_and_exits_2(tmp_path, capsys, line, words):
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + line + b"\n" + GOOD.encode() + b"\n")
+    args = ["data", "import", str(path), *MAPS, "--out", str(tmp_path / "out.jsonl")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: " in err and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.jsonl").exists()
+    # With --skip-invalid the good lines are written and the bad one is counted and stored with its reason.
+    assert main(args + ["--skip-invalid"]) == 0
+    assert "2 records, 1 skipped" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out.jsonl.skipped.json").read_text())
+    assert report["skipped"] == 1 and report["reasons"][0]["line"] == 2 and words in report["reasons"][0]["reason"]
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def test_import_with_a_constant_domain_round_trips(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "Once upon a time"}\n')
+    assert main(["data", "import", str(path), "--kind", "prompts", "--map", "prompt=text", "--domain", "stories",
+                 "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text()) == {"prompt": "Once upon a time", "domain": "stories"}
