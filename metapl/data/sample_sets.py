@@ -9,7 +9,7 @@ policy, label each with a reward model or a gold judge, store them, then train. 
                                        stop_token_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
     write_sample_set("samples.jsonl", samples)
     best = best_of_n(samples)                                # one sample per prompt
-    kept, filtered = filter_by_zscore(samples, threshold=0.5)  # samples >= 0.5 std above their prompt's mean
+    kept, freport = filter_by_zscore(samples, threshold=0.5)  # z >= 0.5 within its prompt; counts in freport
 
 Scorers share one protocol, `scorer.score(domains, prompts, responses) -> np.ndarray [N]`, and have a `name`:
 `GoldJudgeScorer` calls a judge per example (the synthetic gold reward; VADER over prompt + response) and
@@ -31,8 +31,9 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -244,12 +245,12 @@ class GoldJudgeScorer:
         self.fn, self.name = fn, name
 
     @classmethod
-    def synthetic(cls, benchmark) -> "GoldJudgeScorer":
+    def synthetic(cls, benchmark) -> GoldJudgeScorer:
         """The gold reward of a `SyntheticDomains` benchmark."""
         return cls(benchmark.gold_reward, f"synthetic-gold-seed{benchmark.config.seed}")
 
     @classmethod
-    def text(cls, judge, *, separator: str = "", include_prompt: bool = True) -> "GoldJudgeScorer":
+    def text(cls, judge, *, separator: str = "", include_prompt: bool = True) -> GoldJudgeScorer:
         """A text judge (`judge.score(texts)`, e.g. `VaderJudge`) over `prompt + separator + response`
         (the response alone with include_prompt=False). The default matches the sentiment benchmark, where
         the response continues the prompt."""
@@ -277,19 +278,21 @@ def _reward(params, tokens, attention_mask, lora, *, config):
 class RewardModelScorer:
     """A scalar reward model (`metapl.models.heads.reward`) over `prompt ⊕ response (⊕ eos)`.
 
-    Sequences are built with the shared batching code (`encode_sequence`: prompt cut from the left, response
-    from the right, eos appended when `eos_id` is given and `shape.append_eos`; every cut counted in
-    `self.truncation`), right-padded to one length per `score` call (`length`, or the shape's bucket of the
-    longest sequence) and scored `batch_size` rows at a time under jit (the last batch padded, padding discarded).
+    Sequences are built with the shared batching code (`encode_sequence` with `shape`, default `SequenceShape()`:
+    prompt cut from the left, response from the right, eos appended when `eos_id` is given and
+    `shape.append_eos`; every cut counted in `self.truncation`), right-padded to one length per `score` call
+    (`length`, or the shape's bucket of the longest sequence) and scored `batch_size` rows at a time under jit
+    (the last batch padded, padding discarded).
     Use the same `encode`, `shape` and `eos_id` the reward model was trained with.
     """
 
-    def __init__(self, params, config, encode: Encode, *, shape: SequenceShape = SequenceShape(),
+    def __init__(self, params, config, encode: Encode, *, shape: SequenceShape | None = None,
                  eos_id: int | None = None, pad_id: int = 0, batch_size: int = 32, length: int | None = None,
                  lora=None, name: str = "reward-model"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.params, self.config, self.encode, self.shape = params, config, encode, shape
+        self.params, self.config, self.encode = params, config, encode
+        self.shape = shape if shape is not None else SequenceShape()
         self.eos_id, self.pad_id, self.batch_size, self.length, self.lora = eos_id, pad_id, batch_size, length, lora
         self.name = name
         self.truncation = TruncationStats()
