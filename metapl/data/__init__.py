@@ -7,6 +7,7 @@
               TFDS builds in metapl.data.tfds_builders; CLI `metapl data build|show`
   readers     metapl.data.readers: SHP, HH-RLHF, TL;DR comparisons/posts, XSum, Amazon reviews, your own tables
   corpora     metapl.data.corpora (real texts from installed packages), metapl.data.judges (VADER)
+  sampling    metapl.data.sample_sets (scored samples for offline RLHF), metapl.data.trees (preference trees)
 """
 
 from metapl.data.records import ReadResult, check_domain, read_jsonl, write_jsonl
