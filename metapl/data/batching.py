@@ -130,6 +130,14 @@ class PairBatch(NamedTuple):
     domain: np.ndarray
     gold_margin: np.ndarray
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The flat dict the pair losses take: chosen_tokens, chosen_attention_mask, chosen_response_mask,
+        the same for rejected, domain, gold_margin."""
+        out = {"domain": self.domain, "gold_margin": self.gold_margin}
+        for side, seqs in (("chosen", self.chosen), ("rejected", self.rejected)):
+            out.update({f"{side}_{k}": v for k, v in seqs._asdict().items()})
+        return out
+
 
 def encode_pairs(pairs: Sequence[PreferencePair], encode: Encode, shape: SequenceShape, eos_id: int | None,
                  stats: TruncationStats) -> list[tuple[Encoded, Encoded]]:
@@ -299,3 +307,40 @@ class PairLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.order.load_state_dict(state)
+
+
+def tree_arrays(trees, encode: Encode, shape: SequenceShape, *, eos_id: int | None, pad_id: int,
+                stats: TruncationStats, num_sequences: int | None = None, num_pairs: int | None = None,
+                length: int | None = None) -> dict[str, np.ndarray]:
+    """A tree reward-model batch: each distinct (prompt, leaf response) sequence once, and index pairs into them.
+
+    Returns tokens, attention_mask, response_mask [S, L]; chosen_index, rejected_index, pair_mask [P].
+    S and P are padded to num_sequences / num_pairs (fixed shapes) when given.
+    """
+    index: dict[tuple[str, str], int] = {}
+    encoded: list[Encoded] = []
+    chosen, rejected = [], []
+    for tree in trees:
+        prompt = encode(tree.prompt)
+        for c in tree.comparisons:
+            pair = []
+            for leaf in (c.chosen, c.rejected):
+                key = (tree.prompt, tree.response(leaf))
+                if key not in index:
+                    index[key] = len(encoded)
+                    encoded.append(encode_sequence(prompt, encode(key[1]), shape, eos_id, stats))
+                pair.append(index[key])
+            chosen.append(pair[0])
+            rejected.append(pair[1])
+    s, p = num_sequences or len(encoded), num_pairs or len(chosen)
+    if len(encoded) > s or len(chosen) > p:
+        raise DataError(f"the trees hold {len(encoded)} distinct sequences and {len(chosen)} pairs; the batch has "
+                        f"room for {s} and {p}")
+    dummy = Encoded([pad_id], 0)
+    seqs = collate(encoded + [dummy] * (s - len(encoded)),
+                   length or shape.bucket(max(len(e.ids) for e in encoded)), pad_id)
+    pad = p - len(chosen)
+    return {"tokens": seqs.tokens, "attention_mask": seqs.attention_mask, "response_mask": seqs.response_mask,
+            "chosen_index": np.asarray(chosen + [0] * pad, np.int32),
+            "rejected_index": np.asarray(rejected + [0] * pad, np.int32),
+            "pair_mask": np.asarray([1] * len(chosen) + [0] * pad, np.float32)}
