@@ -3,6 +3,7 @@
     metapl sample --model smollm2-135m --prompt "The capital of France is" --max-new-tokens 8
     metapl data build synthetic_domains
     metapl data show synthetic_domains --split heldout -n 3
+    metapl train dpo --config experiments/configs/dpo_synthetic.yaml --run-dir runs/dpo
 
 Errors in what the user asked for (unknown model, missing files, bad values) end with exit status 2 and a
 one-line reason on stderr, never a traceback.
@@ -11,6 +12,7 @@ one-line reason on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -88,6 +90,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from metapl.runtime import enable_compile_cache
+    from metapl.train.algorithms import ALGORITHMS
+    from metapl.train.run import prepare_run_dir, train
+
+    if args.algo not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm {args.algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    for item in args.overrides:
+        if "=" not in item:
+            raise UsageError(f"expected key=value, got {item!r}")
+    enable_compile_cache()
+    run_dir = Path(args.run_dir)
+    cfg = prepare_run_dir(run_dir, args.config, [f"algo={args.algo}", *args.overrides], args.resume)
+    final = train(run_dir, cfg, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps({"run_dir": str(run_dir), "step": cfg.steps, "eval": final}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapl", description="Preference learning with language models (JAX/Flax).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,19 +134,38 @@ def build_parser() -> argparse.ArgumentParser:
     from metapl.data.commands import add_parser as add_data_parser
 
     add_data_parser(sub)
+
+    t = sub.add_parser("train", help="train with one algorithm",
+                       description="Train with ALGO. A run directory receives config.yaml, metrics.jsonl, "
+                       "TensorBoard events and checkpoints; --resume continues it.")
+    t.add_argument("algo", help="rm, dpo or ipo")
+    t.add_argument("--config", help="a YAML file of RunConfig fields (see experiments/configs/)")
+    t.add_argument("--run-dir", required=True, help="where the run writes (must not hold a run unless --resume)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir (may raise `steps`)")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.learning_rate=1e-4")
+    t.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `metapl train` takes key=value overrides anywhere after the algorithm (argparse alone cannot collect
+    # positionals placed after options), so unknown words are handed to it and refused for other commands.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    from metapl.config import ConfigError
     from metapl.data.schemas import DataError
     from metapl.models.hf_format import CheckpointError
     from metapl.models.tokenizer import TokenizerError
+    from metapl.train.run import RunError
 
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, TokenizerError, DataError) as e:
+    except (UsageError, CheckpointError, TokenizerError, DataError, ConfigError, RunError) as e:
         command = " ".join(c for c in (args.command, getattr(args, "data_command", None)) if c)
         print(f"metapl {command}: error: {e}", file=sys.stderr)
         return 2

@@ -298,7 +298,11 @@ class PairLoader:
         return self
 
     def __next__(self) -> PairBatch:
-        idx = next(self.order)
+        return self.batch_at(next(self.order))
+
+    def batch_at(self, indices: Sequence[int]) -> PairBatch:
+        """The PairBatch of the pairs at these indices (in this order)."""
+        idx = list(indices)
         return collate_pairs([self.encoded[i] for i in idx], [self.pairs[i] for i in idx], self.domain_index,
                              self.shape, self.pad_id, self.fixed_length)
 

@@ -1,0 +1,264 @@
+"""From a `RunConfig` to what the training loop needs, per algorithm: model, data, objective, evaluation.
+
+Registered: `rm` (Bradley–Terry reward model), `dpo`, `ipo` (DPO with `loss.kind="ipo"`). Each runs on the
+`synthetic_domains` benchmark (generated in-process from `data.synthetic`) or on a `sentiment_domains` build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metapl.config import ConfigError
+from metapl.data.batching import PairLoader, SequenceShape, TruncationStats, hf_encoder, prompt_arrays
+from metapl.data.schemas import PreferencePair, PromptExample
+from metapl.losses import preference
+from metapl.models import (
+    LoraConfig, ModelConfig, SamplingConfig, generate, init_head_params, init_lora, init_params, llama,
+)
+from metapl.train.run import RunConfig, Setup
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """Pairs and prompts of a benchmark's meta-train domains, a tokenizer interface and a gold judge."""
+
+    train_pairs: list[PreferencePair]
+    eval_pairs: list[PreferencePair]
+    eval_prompts: list[PromptExample]
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    gold: Callable[[str, str, str], float]  # (domain, prompt, response) -> gold reward
+    tokenizer: Any = None
+
+
+def _split(pairs: list[PreferencePair], fraction: float) -> tuple[list, list]:
+    by_domain: dict[str, list] = {}
+    for p in pairs:
+        by_domain.setdefault(p.domain, []).append(p)
+    train, held = [], []
+    for d in sorted(by_domain):
+        n_eval = int(round(len(by_domain[d]) * fraction))
+        train += by_domain[d][: len(by_domain[d]) - n_eval]
+        held += by_domain[d][len(by_domain[d]) - n_eval:]
+    return train, held
+
+
+def load_benchmark(cfg: RunConfig, tokenizer=None) -> Benchmark:
+    data = cfg.data
+    if data.benchmark == "synthetic_domains":
+        from metapl.data.synthetic import SyntheticDomains
+
+        bench = SyntheticDomains(data.synthetic)
+        pairs = [p for d in bench.train_domains for p in bench.pairs(d)]
+        train, held = _split(pairs, data.eval_fraction)
+        per_domain = max(1, data.eval_prompts // len(bench.train_domains))
+        prompts = [p for d in bench.train_domains for p in bench.prompts(d, per_domain)]
+        tok = bench.tokenizer
+        return Benchmark(train, held, prompts, tok.encode, tok.decode, tok.vocab_size, tok.pad_token_id,
+                         tok.eos_token_id, bench.gold_reward, tok)
+    if data.benchmark == "sentiment_domains":
+        from metapl.data.commands import default_data_dir
+        from metapl.data.judges import VaderJudge
+        from metapl.data.tfds_builders import VERSION, load_records
+
+        if tokenizer is None:
+            raise ConfigError("sentiment_domains needs a pretrained model (model.pretrained) for its tokenizer")
+        root = Path(data.data_dir) if data.data_dir else default_data_dir()
+        pairs_dir = root / "sentiment_domains" / "pairs" / VERSION
+        if not pairs_dir.exists():
+            raise ConfigError(f"{pairs_dir} does not exist; run `metapl data build sentiment_domains` first")
+        train, held = _split(load_records(pairs_dir, "train"), data.eval_fraction)
+        prompts = load_records(root / "sentiment_domains" / "prompts" / VERSION, "train")[: data.eval_prompts]
+        judge = VaderJudge()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return Benchmark(train, held, prompts, hf_encoder(tokenizer),
+                         lambda ids: tokenizer.decode(ids, skip_special_tokens=True), len(tokenizer), pad,
+                         tokenizer.eos_token_id, lambda d, x, y: float(judge.score([x + y])[0]), tokenizer)
+    raise ConfigError(f"data.benchmark: unknown benchmark {data.benchmark!r} (synthetic_domains, sentiment_domains)")
+
+
+def load_model(cfg: RunConfig, vocab_size: int | None) -> tuple[ModelConfig, Any, Any]:
+    """(config, params, tokenizer or None) with LoRA configured when model.lora_rank > 0."""
+    spec = cfg.model
+    lora = LoraConfig(rank=spec.lora_rank, alpha=spec.lora_alpha, targets=tuple(spec.lora_targets)) \
+        if spec.lora_rank else None
+    if spec.pretrained:
+        from metapl.models import load_pretrained
+
+        m = load_pretrained(spec.pretrained, dtype=spec.dtype)
+        return m.config.replace(lora=lora), m.params, m.tokenizer
+    config = llama(vocab_size=vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                   num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, intermediate_size=spec.intermediate_size,
+                   max_position_embeddings=512, dtype=spec.dtype, param_dtype=spec.dtype, lora=lora)
+    return config, init_params(config, jax.random.PRNGKey(cfg.seed)), None
+
+
+class DictBatches:
+    """A PairLoader yielding the flat jnp dicts the pair losses take."""
+
+    def __init__(self, loader: PairLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        arrays = next(self.loader).arrays()
+        return {k: jnp.asarray(v) for k, v in arrays.items() if k not in ("domain", "gold_margin")}
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+def _objective_kwargs(fn: Callable, loss: dict, fixed: set[str]) -> dict:
+    allowed = {p for p in inspect.signature(fn).parameters if p not in fixed | {"params", "batch", "config", "lora"}}
+    unknown = sorted(set(loss) - allowed)
+    if unknown:
+        raise ConfigError(f"loss: unknown option(s) {unknown} for {fn.__name__}; allowed: {sorted(allowed)}")
+    return dict(loss)
+
+
+def _pair_batches(pairs, bench: Benchmark, cfg: RunConfig, batch_size: int, seed: int) -> PairLoader:
+    shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                          buckets=(cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1,))
+    return PairLoader(pairs, bench.encode, batch_size=batch_size, shape=shape, pad_id=bench.pad_id,
+                      eos_id=bench.eos_id, seed=seed)
+
+
+def _eval_batches(pairs, bench, cfg):
+    """Every eval pair once, in fixed-size batches (the last one padded with weight-0 rows)."""
+    b = cfg.data.batch_size
+    n = len(pairs)
+    padded = pairs + pairs[: (-n) % b]
+    loader = _pair_batches(padded, bench, cfg, b, seed=0)
+    out = []
+    for start in range(0, len(padded), b):
+        arrays = {k: jnp.asarray(v) for k, v in loader.batch_at(range(start, start + b)).arrays().items()
+                  if k not in ("domain", "gold_margin")}
+        arrays["weights"] = jnp.asarray([1.0 if start + i < n else 0.0 for i in range(b)])
+        out.append(arrays)
+    return out
+
+
+def _weighted_mean(rows: list[dict], weights: list[float]) -> dict:
+    total = sum(weights)
+    return {k: sum(float(r[k]) * w for r, w in zip(rows, weights)) / total for k in rows[0]}
+
+
+def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, lora=None, seed: int = 0) -> float:
+    """Mean gold reward of responses sampled (temperature 1) from the policy for the eval prompts."""
+    stats = TruncationStats()
+    shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    tokens, mask = prompt_arrays(bench.eval_prompts, bench.encode, shape, bench.pad_id, stats,
+                                 length=cfg.data.max_prompt_tokens)
+    out = generate(params, config, tokens, mask, jax.random.PRNGKey(seed),
+                   SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
+                                  stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora)
+    toks, m = np.asarray(out.tokens), np.asarray(out.mask)
+    scores = []
+    for prompt, row, keep in zip(bench.eval_prompts, toks, m):
+        response = bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
+        # An empty response (the policy stopped at once) scores 0 on either benchmark.
+        scores.append(bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
+    return float(np.mean(scores))
+
+
+def _model_and_benchmark(cfg: RunConfig) -> tuple[ModelConfig, Any, Benchmark]:
+    if cfg.model.pretrained:
+        config, params, tokenizer = load_model(cfg, None)
+        return config, params, load_benchmark(cfg, tokenizer)
+    bench = load_benchmark(cfg)
+    config, params, _ = load_model(cfg, bench.vocab_size)
+    return config, params, bench
+
+
+def setup_rm(cfg: RunConfig) -> Setup:
+    config, backbone, bench = _model_and_benchmark(cfg)
+    params = init_head_params(config, jax.random.PRNGKey(cfg.seed + 1), backbone=backbone)
+    kwargs = _objective_kwargs(preference.rm_objective, cfg.loss, set())
+    if config.lora is not None:
+        trainable = {"lora": init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), "head": params["head"]}
+        frozen = params
+
+        def objective(t, f, batch):
+            return preference.rm_objective(dict(f, head=t["head"]), batch, config=config, lora=t["lora"], **kwargs)
+    else:
+        trainable, frozen = params, None
+
+        def objective(t, f, batch):
+            return preference.rm_objective(t, batch, config=config, **kwargs)
+
+    eval_sets = _eval_batches(bench.eval_pairs, bench, cfg)
+    eval_fn = jax.jit(objective)
+
+    def evaluate(t, f):
+        rows = [jax.device_get(eval_fn(t, f, b)[1]) for b in eval_sets]
+        m = _weighted_mean(rows, [float(b["weights"].sum()) for b in eval_sets])
+        return {"pair_accuracy": m["accuracy"], "loss": m["loss"], "reward_margin": m["reward_margin"]}
+
+    loader = _pair_batches(bench.train_pairs, bench, cfg, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed)
+    return Setup(trainable, frozen, objective, DictBatches(loader), evaluate,
+                 f"{len(bench.train_pairs)} train pairs, {len(bench.eval_pairs)} eval pairs, "
+                 f"{'LoRA + head' if config.lora else 'all weights'}")
+
+
+def setup_dpo(cfg: RunConfig, kind: str = "dpo") -> Setup:
+    config, params, bench = _model_and_benchmark(cfg)
+    kwargs = _objective_kwargs(preference.dpo_objective, cfg.loss, {"ref_params", "kind"})
+    if config.lora is not None:  # the reference is the base model: the same params without adapters
+        trainable, frozen = init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), params
+
+        def objective(t, f, batch):
+            return preference.dpo_objective(f, batch, config=config, kind=kind, lora=t, **kwargs)
+
+        def policy(t, f):
+            return f, t
+    else:  # full fine-tuning: the frozen tree is the reference (the initial weights)
+        trainable, frozen = params, jax.tree.map(jnp.copy, params)
+
+        def objective(t, f, batch):
+            return preference.dpo_objective(t, batch, config=config, kind=kind, ref_params=f, **kwargs)
+
+        def policy(t, f):
+            return t, None
+
+    eval_sets = _eval_batches(bench.eval_pairs, bench, cfg)
+    eval_fn = jax.jit(objective)
+
+    def evaluate(t, f):
+        rows = [jax.device_get(eval_fn(t, f, b)[1]) for b in eval_sets]
+        m = _weighted_mean(rows, [float(b["weights"].sum()) for b in eval_sets])
+        p, lora = policy(t, f)
+        gold = gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)
+        return {"pair_accuracy": m["accuracy"], "loss": m["loss"], "gold_reward": gold}
+
+    loader = _pair_batches(bench.train_pairs, bench, cfg, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed)
+    return Setup(trainable, frozen, objective, DictBatches(loader), evaluate,
+                 f"{kind}: {len(bench.train_pairs)} train pairs, {len(bench.eval_pairs)} eval pairs, "
+                 f"{len(bench.eval_prompts)} eval prompts, {'LoRA' if config.lora else 'all weights'}")
+
+
+ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
+    "rm": setup_rm,
+    "dpo": lambda cfg: setup_dpo(cfg, "dpo"),
+    "ipo": lambda cfg: setup_dpo(cfg, "ipo"),
+}
+
+
+def setup_algorithm(cfg: RunConfig) -> Setup:
+    if cfg.algo not in ALGORITHMS:
+        raise ConfigError(f"algo: unknown algorithm {cfg.algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[cfg.algo](cfg)
