@@ -1,6 +1,7 @@
 """From a `RunConfig` to what the training loop needs, per algorithm: model, data, objective, evaluation.
 
-Registered: `rm` (Bradley–Terry reward model), `dpo`, `ipo` (DPO with `loss.kind="ipo"`). Each runs on the
+Registered: `rm` (Bradley–Terry reward model), `dpo`, `ipo`, and `tree-rm` (Bradley–Terry on leaf pairs of
+preference trees grown from the model itself and judged by the benchmark's gold judge). Each runs on the
 `synthetic_domains` benchmark (generated in-process from `data.synthetic`) or on a `sentiment_domains` build.
 """
 
@@ -251,10 +252,93 @@ def setup_dpo(cfg: RunConfig, kind: str = "dpo") -> Setup:
                  f"{len(bench.eval_prompts)} eval prompts, {'LoRA' if config.lora else 'all weights'}")
 
 
+class TreeBatches:
+    """Shuffled batches of preference trees as fixed-shape tree reward-model arrays."""
+
+    def __init__(self, trees, bench: Benchmark, cfg: RunConfig, max_leaves: int, pairs_per_tree: int):
+        from metapl.data.batching import ShuffledBatches
+
+        self.trees, self.bench, self.cfg = trees, bench, cfg
+        self.shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                                   buckets=(cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1,))
+        self.sizes = (cfg.data.batch_size * max_leaves, cfg.data.batch_size * pairs_per_tree)
+        self.order = ShuffledBatches(len(trees), cfg.data.batch_size, cfg.seed)
+        self.truncation = TruncationStats()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        from metapl.data.batching import tree_arrays
+
+        arrays = tree_arrays([self.trees[i] for i in next(self.order)], self.bench.encode, self.shape,
+                             eos_id=self.bench.eos_id, pad_id=self.bench.pad_id, stats=self.truncation,
+                             num_sequences=self.sizes[0], num_pairs=self.sizes[1], length=self.shape.buckets[0])
+        return {k: jnp.asarray(v) for k, v in arrays.items()}
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+def setup_tree_rm(cfg: RunConfig) -> Setup:
+    from metapl.data.trees import TreeConfig, generate_trees
+
+    config, backbone, bench = _model_and_benchmark(cfg)
+    defaults = {"depth": 2, "branching": 2, "segment_tokens": max(1, cfg.data.max_response_tokens // 2),
+                "pairs_per_tree": 4, "seed": cfg.seed, "batch_size": 16}
+    if bench.tokenizer is not None and not hasattr(bench.tokenizer, "apply_chat_template"):
+        defaults["separators"] = ()  # the synthetic vocabulary has no sentence ends: segments cut by length
+    try:
+        tree_cfg = TreeConfig(**{**defaults, **cfg.data.tree})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.tree: {e}") from None
+    if bench.tokenizer is None:
+        raise ConfigError("tree-rm needs the benchmark's tokenizer")
+    per_domain = max(1, cfg.data.tree_prompts // len({p.domain for p in bench.train_pairs}))
+    prompts = _tree_prompts(cfg, bench, per_domain)
+    grown = generate_trees(backbone, config.replace(lora=None), bench.tokenizer, prompts, bench.gold, tree_cfg)
+    trees = grown.trees
+    if not trees:
+        raise ConfigError("no tree produced a comparison (all leaves identical?); raise data.tree.segment_tokens")
+    max_leaves = int(np.prod(tree_cfg.branchings))
+    params = init_head_params(config, jax.random.PRNGKey(cfg.seed + 1), backbone=backbone)
+    kwargs = _objective_kwargs(preference.tree_rm_objective, cfg.loss, set())
+
+    def objective(t, f, batch):
+        return preference.tree_rm_objective(t, batch, config=config, **kwargs)
+
+    eval_sets = _eval_batches(bench.eval_pairs, bench, cfg)
+    eval_fn = jax.jit(lambda t, b: preference.rm_objective(t, b, config=config))
+
+    def evaluate(t, f):
+        rows = [jax.device_get(eval_fn(t, b)[1]) for b in eval_sets]
+        m = _weighted_mean(rows, [float(b["weights"].sum()) for b in eval_sets])
+        return {"pair_accuracy": m["accuracy"], "loss": m["loss"], "reward_margin": m["reward_margin"]}
+
+    comparisons = sum(len(t.comparisons) for t in trees)
+    return Setup(params, None, objective, TreeBatches(trees, bench, cfg, max_leaves, tree_cfg.pairs_per_tree or
+                                                      max_leaves * (max_leaves - 1) // 2), evaluate,
+                 f"{len(trees)} trees, {comparisons} comparisons ({grown.stats.summary()}), "
+                 f"{len(bench.eval_pairs)} eval pairs")
+
+
+def _tree_prompts(cfg: RunConfig, bench: Benchmark, per_domain: int) -> list[PromptExample]:
+    if cfg.data.benchmark == "synthetic_domains":
+        from metapl.data.synthetic import SyntheticDomains
+
+        synth = SyntheticDomains(cfg.data.synthetic)
+        return [p for d in synth.train_domains for p in synth.prompts(d, per_domain)]
+    return bench.eval_prompts[: cfg.data.tree_prompts]
+
+
 ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
     "rm": setup_rm,
     "dpo": lambda cfg: setup_dpo(cfg, "dpo"),
     "ipo": lambda cfg: setup_dpo(cfg, "ipo"),
+    "tree-rm": setup_tree_rm,
 }
 
 

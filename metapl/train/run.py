@@ -55,6 +55,8 @@ class DataSpec:
     max_response_tokens: int = 16
     eval_fraction: float = 0.25  # of each training domain's pairs, held out for evaluation
     eval_prompts: int = 64
+    tree_prompts: int = 64  # tree-rm: prompts (over the training domains) to grow preference trees from
+    tree: dict = dataclasses.field(default_factory=dict)  # tree-rm: metapl.data.trees.TreeConfig fields
 
 
 @dataclasses.dataclass(frozen=True)

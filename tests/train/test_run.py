@@ -79,3 +79,10 @@ def test_cli_train_writes_a_run_directory(tmp_path, capsys):
     assert (run / "config.yaml").is_file() and list((run / "tb").iterdir())
     assert [r["step"] for r in read_metrics(run, "eval")] == [0, 4]
     assert _checkpointer(run).latest_step() == 4
+
+
+def test_tree_reward_model_trains_on_grown_trees(tmp_path):
+    run_dir, final = _run(tmp_path, "tree", ["algo=tree-rm", "steps=60", "eval_every=60", "optim.learning_rate=3e-4",
+                                             "data.tree_prompts=40", "data.batch_size=4"])
+    first = read_metrics(run_dir, "eval")[0]
+    assert first["pair_accuracy"] < 0.65 and final["pair_accuracy"] >= 0.65, (first, final)
