@@ -322,7 +322,7 @@ def setup_tree_rm(cfg: RunConfig) -> Setup:
     return Setup(params, None, objective, TreeBatches(trees, bench, cfg, max_leaves, tree_cfg.pairs_per_tree or
                                                       max_leaves * (max_leaves - 1) // 2), evaluate,
                  f"{len(trees)} trees, {comparisons} comparisons ({grown.stats.summary()}), "
-                 f"{len(bench.eval_pairs)} eval pairs")
+                 f"{len(bench.eval_pairs)} eval pairs", info={"trees": len(trees), "comparisons": comparisons})
 
 
 def _tree_prompts(cfg: RunConfig, bench: Benchmark, per_domain: int) -> list[PromptExample]:

@@ -84,6 +84,7 @@ class Setup:
     batches: Any  # iterator of dict batches with state_dict() / load_state_dict()
     evaluate: Callable[[Any, Any], dict]  # (trainable, frozen) -> metrics
     describe: str = ""
+    info: dict = dataclasses.field(default_factory=dict)  # facts about the data, written to setup.json
 
 
 class RunError(RuntimeError):
@@ -179,6 +180,7 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
     run_dir = Path(run_dir)
     setup = setup_algorithm(cfg)
     _log(f"{cfg.algo}: {setup.describe}")
+    (run_dir / "setup.json").write_text(json.dumps({"describe": setup.describe, **setup.info}, indent=1))
     optimizer = make_optimizer(cfg.optim)
     state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))
     manager = _checkpointer(run_dir)
