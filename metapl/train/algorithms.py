@@ -105,17 +105,21 @@ def load_model(cfg: RunConfig, vocab_size: int | None) -> tuple[ModelConfig, Any
 
 
 class DictBatches:
-    """A PairLoader yielding the flat jnp dicts the pair losses take."""
+    """A PairLoader yielding the flat jnp dicts the pair losses take, with per-pair extras (e.g. cached
+    reference log-probs, arrays indexed like the loader's pairs) added by index."""
 
-    def __init__(self, loader: PairLoader):
-        self.loader = loader
+    def __init__(self, loader: PairLoader, extras: dict[str, np.ndarray] | None = None):
+        self.loader, self.extras = loader, extras or {}
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        arrays = next(self.loader).arrays()
-        return {k: jnp.asarray(v) for k, v in arrays.items() if k not in ("domain", "gold_margin")}
+        idx = next(self.loader.order)
+        arrays = self.loader.batch_at(idx).arrays()
+        out = {k: jnp.asarray(v) for k, v in arrays.items() if k not in ("domain", "gold_margin")}
+        out.update({k: jnp.asarray(v[idx]) for k, v in self.extras.items()})
+        return out
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
@@ -247,9 +251,25 @@ def setup_dpo(cfg: RunConfig, kind: str = "dpo") -> Setup:
         return {"pair_accuracy": m["accuracy"], "loss": m["loss"], "gold_reward": gold}
 
     loader = _pair_batches(bench.train_pairs, bench, cfg, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed)
-    return Setup(trainable, frozen, objective, DictBatches(loader), evaluate,
+    extras = _reference_cache(params, config, loader) if cfg.precompute_reference else None
+    return Setup(trainable, frozen, objective, DictBatches(loader, extras), evaluate,
                  f"{kind}: {len(bench.train_pairs)} train pairs, {len(bench.eval_pairs)} eval pairs, "
+                 f"{'cached' if extras else 'on-the-fly'} reference log-probs, "
                  f"{len(bench.eval_prompts)} eval prompts, {'LoRA' if config.lora else 'all weights'}")
+
+
+def _reference_cache(ref_params, config: ModelConfig, loader: PairLoader) -> dict[str, np.ndarray]:
+    """Reference log-probs of every pair of the loader (the base model: no LoRA), computed once."""
+    n, b = len(loader.pairs), loader.order.batch_size
+    fn = jax.jit(lambda p, batch: preference.reference_logprobs(p, config.replace(lora=None), batch))
+    out: dict[str, list] = {"ref_chosen_logps": [], "ref_rejected_logps": []}
+    for start in range(0, n, b):
+        idx = [min(i, n - 1) for i in range(start, start + b)]  # the last batch repeats the last pair
+        arrays = {k: jnp.asarray(v) for k, v in loader.batch_at(idx).arrays().items()
+                  if k not in ("domain", "gold_margin")}
+        for k, v in jax.device_get(fn(ref_params, arrays)).items():
+            out[k].append(np.asarray(v)[: min(b, n - start)])
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 class TreeBatches:

@@ -66,6 +66,7 @@ class RunConfig:
     data: DataSpec = DataSpec()
     optim: OptimConfig = OptimConfig(learning_rate=1e-3)
     loss: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the algorithm's objective
+    precompute_reference: bool = False  # dpo/ipo: reference log-probs of every training pair computed once
     steps: int = 200
     accumulation_steps: int = 1
     log_every: int = 10

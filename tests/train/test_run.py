@@ -86,3 +86,14 @@ def test_tree_reward_model_trains_on_grown_trees(tmp_path):
                                              "data.tree_prompts=40", "data.batch_size=4"])
     first = read_metrics(run_dir, "eval")[0]
     assert first["pair_accuracy"] < 0.65 and final["pair_accuracy"] >= 0.65, (first, final)
+
+
+def test_cached_reference_log_probs_give_the_same_run(tmp_path):
+    common = ["algo=dpo", "steps=6", "eval_every=1000", "model.hidden_size=16", "model.num_layers=1",
+              "data.synthetic.pairs_per_domain=16"]
+    fly, _ = _run(tmp_path, "fly", common)
+    cached, _ = _run(tmp_path, "cached", common + ["precompute_reference=true"])
+    a, b = read_metrics(fly, "train"), read_metrics(cached, "train")
+    assert "cached reference" in json.loads((cached / "setup.json").read_text())["describe"]
+    assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-5)
+    assert a[-1]["margin"] == pytest.approx(b[-1]["margin"], rel=1e-4, abs=1e-6)
