@@ -1,0 +1,293 @@
+"""SRPO, self-improving robust preference optimisation (Choi, Ahmadian, Geist, Pietquin, Azar, ICLR 2025,
+arXiv 2406.01660).
+
+One model is both the generator π(y | x) and an in-context reviser π(y | x, y′): it reads a prompt and a
+previous response and writes a better one. Training is offline and non-adversarial: a least-squares loss on
+six sequence log-probabilities per preference pair (x, y_w, y_l), with
+
+    h(y | c) = log π(y | c) − log π_ref(y | c)        (summed over the response tokens; c = x, or (x, y′))
+
+    L_self = (β[h(y_w | x, y_l) − h(y_l | x, y_l)] − ½)² + (β[h(y_w | x, y_w) − h(y_l | x, y_w)] − ½)²
+    L_gen  = (β[h(y_w | x, y_l) + h(y_w | x) − h(y_l | x, y_w) − h(y_l | x)] − 1)²
+    L      = α · L_self + (1 − α) · L_gen,   averaged over the pairs (optionally weighted).
+
+L_self teaches the reviser to prefer y_w whatever it is shown; L_gen ties the generator to the reviser. Each
+part is zero at a known point: L_self when both revision margins β·Δh equal ½, L_gen when the combined margin
+is 1. At inference the model generates, then revises its own output n times (`revise`).
+
+The six sequences, in this order everywhere (`SRPO_SEQUENCES`; batch keys "{name}_tokens", ...):
+
+    chosen                   x            → y_w
+    rejected                 x            → y_l
+    chosen_given_rejected    (x, y_l)     → y_w
+    rejected_given_rejected  (x, y_l)     → y_l
+    chosen_given_chosen      (x, y_w)     → y_w
+    rejected_given_chosen    (x, y_w)     → y_l
+
+The revision context (x, y′) is the string `revision_prompt(x, y′)` (`DEFAULT_REVISION_TEMPLATE`, or any
+template with {prompt} and {response}); it is tokenised as one prompt, so `SequenceShape.max_prompt_tokens`
+must leave room for x, the template and y′ (a longer context loses its *start*, which is x).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metapl.data.batching import Encode, SequenceBatch, SequenceShape, TruncationStats, collate, encode_sequence
+from metapl.data.schemas import PreferencePair
+from metapl.models.config import ModelConfig
+from metapl.models.logprobs import sequence_logprobs
+from metapl.models.sampling import SamplingConfig, generate_text
+
+__all__ = [
+    "DEFAULT_REVISION_TEMPLATE", "SRPO_SEQUENCES", "SrpoBatch", "revise", "revision_prompt", "srpo_logprobs",
+    "srpo_loss", "srpo_objective", "srpo_reference_logprobs", "srpo_sequences",
+]
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+
+SRPO_SEQUENCES = (
+    "chosen", "rejected", "chosen_given_rejected", "rejected_given_rejected", "chosen_given_chosen",
+    "rejected_given_chosen",
+)
+
+# In the spirit of the paper's self-improvement prompts: the original request, the response to improve, and an
+# instruction to write a better one; the model's revision follows the template directly.
+DEFAULT_REVISION_TEMPLATE = (
+    "{prompt}\n\n"
+    "Here is a response to the request above:\n"
+    "{response}\n\n"
+    "Improve this response. Improved response:\n"
+)
+
+
+def revision_prompt(prompt: str, response: str, template: str = DEFAULT_REVISION_TEMPLATE) -> str:
+    """The context (x, y′) in which the model revises `response` to `prompt`: `template` with {prompt} and
+    {response} filled in. The revision is the continuation of this string."""
+    if "{prompt}" not in template or "{response}" not in template:
+        raise ValueError(f"a revision template needs {{prompt}} and {{response}}, got {template!r}")
+    return template.format(prompt=prompt, response=response)
+
+
+# ------------------------------------------------------------------------------------------------- array loss
+
+
+def _six(logps: Mapping[str, jax.Array] | Sequence[jax.Array], what: str) -> dict[str, jax.Array]:
+    if isinstance(logps, Mapping):
+        missing = [k for k in SRPO_SEQUENCES if k not in logps]
+        if missing:
+            raise ValueError(f"{what}: missing {missing}; expected the keys {SRPO_SEQUENCES}")
+        return {k: logps[k] for k in SRPO_SEQUENCES}
+    logps = tuple(logps)
+    if len(logps) != 6:
+        raise ValueError(f"{what}: expected 6 arrays in the order {SRPO_SEQUENCES}, got {len(logps)}")
+    return dict(zip(SRPO_SEQUENCES, logps))
+
+
+def _mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+    if weights is None:
+        return jnp.mean(x)
+    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def srpo_loss(
+    policy_logps: Mapping[str, jax.Array] | Sequence[jax.Array],
+    ref_logps: Mapping[str, jax.Array] | Sequence[jax.Array],
+    *,
+    beta: float,
+    alpha: float,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    """SRPO loss α·L_self + (1 − α)·L_gen on sequence log-probs [B] (see the module docstring).
+
+    Args:
+      policy_logps, ref_logps: the six sequence log-probs [B] under the policy and the reference, as a mapping
+        with the keys `SRPO_SEQUENCES` or a sequence of 6 arrays in that order.
+      beta: β > 0. alpha: α in [0, 1] (1 = only the self-improvement part).
+      weights: optional [B] per-pair weights.
+
+    Returns (loss, metrics): loss; self_loss, gen_loss (the two parts, unweighted by α);
+    self_margin_given_rejected = β[h(y_w|x,y_l) − h(y_l|x,y_l)] and self_margin_given_chosen =
+    β[h(y_w|x,y_w) − h(y_l|x,y_w)] (targets ½); gen_margin = β[h(y_w|x,y_l) + h(y_w|x) − h(y_l|x,y_w) − h(y_l|x)]
+    (target 1); margin = β[h(y_w|x) − h(y_l|x)], the generator's implied (DPO) margin, and accuracy = share
+    with margin > 0; revision_accuracy = share with both self margins > 0.
+    """
+    pol, ref = _six(policy_logps, "policy_logps"), _six(ref_logps, "ref_logps")
+    arrays = list(pol.values()) + list(ref.values())
+    chex.assert_rank(arrays, 1)
+    chex.assert_equal_shape(arrays)
+    if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    h = {k: pol[k] - ref[k] for k in SRPO_SEQUENCES}
+    m_rej = beta * (h["chosen_given_rejected"] - h["rejected_given_rejected"])
+    m_cho = beta * (h["chosen_given_chosen"] - h["rejected_given_chosen"])
+    self_per_pair = jnp.square(m_rej - 0.5) + jnp.square(m_cho - 0.5)
+    gen_margin = beta * (h["chosen_given_rejected"] + h["chosen"] - h["rejected_given_chosen"] - h["rejected"])
+    gen_per_pair = jnp.square(gen_margin - 1.0)
+    loss = _mean(alpha * self_per_pair + (1.0 - alpha) * gen_per_pair, weights)
+    margin = beta * (h["chosen"] - h["rejected"])
+    dtype = margin.dtype
+    metrics = {
+        "loss": loss,
+        "self_loss": _mean(self_per_pair, weights),
+        "gen_loss": _mean(gen_per_pair, weights),
+        "self_margin_given_rejected": _mean(m_rej, weights),
+        "self_margin_given_chosen": _mean(m_cho, weights),
+        "gen_margin": _mean(gen_margin, weights),
+        "margin": _mean(margin, weights),
+        "accuracy": _mean((margin > 0).astype(dtype), weights),
+        "revision_accuracy": _mean(((m_rej > 0) & (m_cho > 0)).astype(dtype), weights),
+    }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------- builders
+
+
+class SrpoBatch(NamedTuple):
+    """The six sequences of each pair as SequenceBatches [B, L] (one L for all six)."""
+
+    chosen: SequenceBatch
+    rejected: SequenceBatch
+    chosen_given_rejected: SequenceBatch
+    rejected_given_rejected: SequenceBatch
+    chosen_given_chosen: SequenceBatch
+    rejected_given_chosen: SequenceBatch
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The flat dict `srpo_objective` takes: "{name}_tokens", "{name}_attention_mask",
+        "{name}_response_mask" for each name in SRPO_SEQUENCES."""
+        out = {}
+        for name, seqs in zip(self._fields, self):
+            out.update({f"{name}_{k}": v for k, v in seqs._asdict().items()})
+        return out
+
+
+def srpo_sequences(
+    pairs: Sequence[PreferencePair],
+    encode: Encode,
+    shape: SequenceShape,
+    *,
+    eos_id: int | None,
+    pad_id: int = 0,
+    template: str = DEFAULT_REVISION_TEMPLATE,
+    stats: TruncationStats | None = None,
+    length: int | None = None,
+) -> SrpoBatch:
+    """Tokenise the six sequences of each pair (see the module docstring) with the shared batching code.
+
+    Contexts: x for the generator, `revision_prompt(x, y′, template)` for the reviser; each response is
+    encoded once per pair. All six are padded to `length` (default: the bucket of the longest of them).
+    Deterministic: pairs stay in order.
+    """
+    if not pairs:
+        raise ValueError("no preference pairs")
+    stats = stats if stats is not None else TruncationStats()
+    rows: dict[str, list] = {k: [] for k in SRPO_SEQUENCES}
+    for pair in pairs:
+        x, y_w, y_l = encode(pair.prompt), encode(pair.chosen), encode(pair.rejected)
+        ctx_l = encode(revision_prompt(pair.prompt, pair.rejected, template))
+        ctx_w = encode(revision_prompt(pair.prompt, pair.chosen, template))
+        for name, (ctx, y) in zip(SRPO_SEQUENCES, ((x, y_w), (x, y_l), (ctx_l, y_w), (ctx_l, y_l), (ctx_w, y_w),
+                                                   (ctx_w, y_l))):
+            rows[name].append(encode_sequence(ctx, y, shape, eos_id, stats))
+    if length is None:
+        length = shape.bucket(max(len(e.ids) for seqs in rows.values() for e in seqs))
+    return SrpoBatch(*(collate(rows[name], length, pad_id) for name in SRPO_SEQUENCES))
+
+
+# ------------------------------------------------------------------------------------------- model objective
+
+
+def _stacked(batch: Batch, field: str) -> jax.Array:
+    return jnp.concatenate([jnp.asarray(batch[f"{name}_{field}"]) for name in SRPO_SEQUENCES], axis=0)
+
+
+def srpo_logprobs(params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
+                  ) -> dict[str, jax.Array]:
+    """The six sequence log-probs [B] (keys SRPO_SEQUENCES), in one forward pass over the [6B, L] stack."""
+    _, seq = sequence_logprobs(params, config, _stacked(batch, "tokens"), _stacked(batch, "response_mask"),
+                               attention_mask=_stacked(batch, "attention_mask"), lora=lora)
+    b = batch["chosen_tokens"].shape[0]
+    return {name: seq[i * b:(i + 1) * b] for i, name in enumerate(SRPO_SEQUENCES)}
+
+
+def srpo_reference_logprobs(ref_params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
+                            ) -> dict[str, jax.Array]:
+    """Reference log-probs to precompute once and merge into the batch: {"ref_{name}_logps": [B]}."""
+    return {f"ref_{k}_logps": v for k, v in srpo_logprobs(ref_params, config, batch, lora=lora).items()}
+
+
+def srpo_objective(
+    params: Params,
+    batch: Batch,
+    *,
+    config: ModelConfig,
+    beta: float = 0.1,
+    alpha: float = 0.5,
+    lora: Params | None = None,
+    ref_params: Params | None = None,
+    ref_logps: Mapping[str, jax.Array] | Sequence[jax.Array] | None = None,
+) -> tuple[jax.Array, dict]:
+    """`srpo_loss` on a batch of `SrpoBatch.arrays()` (optionally with "weights" [B]).
+
+    The reference log-probs come from, in order: `ref_logps` (keys SRPO_SEQUENCES, or 6 arrays); the batch's
+    "ref_{name}_logps" (`srpo_reference_logprobs`); `ref_params`; or else (LoRA training) `params` without the
+    adapters. They carry no gradient.
+    """
+    policy = srpo_logprobs(params, config, batch, lora=lora)
+    if ref_logps is not None:
+        ref = _six(ref_logps, "ref_logps")
+    elif all(f"ref_{k}_logps" in batch for k in SRPO_SEQUENCES):
+        ref = {k: batch[f"ref_{k}_logps"] for k in SRPO_SEQUENCES}
+    else:
+        if ref_params is None and lora is None:
+            raise ValueError("no reference: give ref_logps, precomputed ref_*_logps in the batch, ref_params, "
+                             "or LoRA")
+        ref = srpo_logprobs(params if ref_params is None else ref_params, config, batch)
+    ref = jax.lax.stop_gradient(ref)
+    return srpo_loss(policy, ref, beta=beta, alpha=alpha, weights=batch.get("weights"))
+
+
+# --------------------------------------------------------------------------------------------------- inference
+
+
+def revise(
+    params: Params,
+    config: ModelConfig,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int,
+    sampling: SamplingConfig,
+    key: jax.Array,
+    *,
+    template: str = DEFAULT_REVISION_TEMPLATE,
+    chat: bool = False,
+    lora: Params | None = None,
+) -> list[list[str]]:
+    """Generate a response to each prompt, then revise it n times in context.
+
+    Step 0 samples y_0 from x; step i = 1..n samples y_i from `revision_prompt(x, y_{i−1}, template)`. Step i
+    uses the key `fold_in(key, i)`, so a chain is a function of (params, prompts, n, sampling, key).
+    Returns, for each prompt, [y_0, y_1, ..., y_n] (y_n is the final answer). With chat=True every context is
+    wrapped in the tokenizer's chat template as a user turn (see `generate_text`).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    prompts = list(prompts)
+    current = generate_text(params, config, tokenizer, prompts, jax.random.fold_in(key, 0), sampling, chat=chat,
+                            lora=lora)
+    chains = [[y] for y in current]
+    for i in range(1, n + 1):
+        contexts = [revision_prompt(x, y, template) for x, y in zip(prompts, current)]
+        current = generate_text(params, config, tokenizer, contexts, jax.random.fold_in(key, i), sampling,
+                                chat=chat, lora=lora)
+        for chain, y in zip(chains, current):
+            chain.append(y)
+    return chains
