@@ -71,8 +71,9 @@ class WordTokenizer:
     eos_token_id = 1
     SPECIALS = ("<pad>", "<eos>")
 
-    def __init__(self, vocab_words: int):
-        self.words = [f"w{i}" for i in range(vocab_words)]
+    def __init__(self, vocab_words: int, extra_tokens: Sequence[str] = ()):
+        # extra_tokens: control tokens after the words (e.g. reward tokens for reward-conditioned SFT)
+        self.words = [f"w{i}" for i in range(vocab_words)] + list(extra_tokens)
         self._ids = {w: i + len(self.SPECIALS) for i, w in enumerate(self.words)}
 
     @property

@@ -163,12 +163,18 @@ def _weighted_mean(rows: list[dict], weights: list[float]) -> dict:
     return {k: sum(float(r[k]) * w for r, w in zip(rows, weights)) / total for k in rows[0]}
 
 
-def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, lora=None, seed: int = 0) -> float:
-    """Mean gold reward of responses sampled (temperature 1) from the policy for the eval prompts."""
+def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, lora=None, seed: int = 0,
+                           render: Callable[[str], str] | None = None) -> float:
+    """Mean gold reward of responses sampled (temperature 1) from the policy for the eval prompts.
+
+    render: what the policy is shown for a prompt (e.g. the prompt with a target-reward token); the judge
+    always scores the response against the original prompt.
+    """
     stats = TruncationStats()
     shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
-    tokens, mask = prompt_arrays(bench.eval_prompts, bench.encode, shape, bench.pad_id, stats,
-                                 length=cfg.data.max_prompt_tokens)
+    shown = [dataclasses.replace(p, prompt=render(p.prompt)) for p in bench.eval_prompts] if render else \
+        bench.eval_prompts
+    tokens, mask = prompt_arrays(shown, bench.encode, shape, bench.pad_id, stats, length=cfg.data.max_prompt_tokens)
     out = generate(params, config, tokens, mask, jax.random.PRNGKey(seed),
                    SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
                                   stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora)
@@ -181,11 +187,21 @@ def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, 
     return float(np.mean(scores))
 
 
-def _model_and_benchmark(cfg: RunConfig) -> tuple[ModelConfig, Any, Benchmark]:
+def _model_and_benchmark(cfg: RunConfig, reward_bins: int = 0) -> tuple[ModelConfig, Any, Benchmark]:
+    """The model and the benchmark; reward_bins > 0 adds reward tokens to the synthetic vocabulary (dt)."""
     if cfg.model.pretrained:
         config, params, tokenizer = load_model(cfg, None)
         return config, params, load_benchmark(cfg, tokenizer)
     bench = load_benchmark(cfg)
+    if reward_bins:
+        from metapl.data.synthetic import WordTokenizer
+        from metapl.losses.offline import DEFAULT_REWARD_TOKEN
+
+        tok = WordTokenizer(cfg.data.synthetic.vocab_words,
+                            [DEFAULT_REWARD_TOKEN.format(bin=b) for b in range(reward_bins)])
+        words_end = len(tok.SPECIALS) + cfg.data.synthetic.vocab_words  # reward tokens are not response text
+        bench = dataclasses.replace(bench, encode=tok.encode, vocab_size=tok.vocab_size, tokenizer=tok,
+                                    decode=lambda ids: tok.decode([i for i in ids if i < words_end]))
     config, params, _ = load_model(cfg, bench.vocab_size)
     return config, params, bench
 
@@ -345,6 +361,144 @@ def setup_tree_rm(cfg: RunConfig) -> Setup:
                  f"{len(bench.eval_pairs)} eval pairs", info={"trees": len(trees), "comparisons": comparisons})
 
 
+class ArrayBatches:
+    """Shuffled fixed-size batches of the rows of a dict of equal-length arrays."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
+        from metapl.data.batching import ShuffledBatches
+
+        self.arrays = arrays
+        self.order = ShuffledBatches(len(next(iter(arrays.values()))), batch_size, seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        idx = next(self.order)
+        return {k: jnp.asarray(v[idx]) for k, v in self.arrays.items()}
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+OFFLINE_DEFAULTS = {"filter": "best_of_n", "threshold": 0.5, "tau": 1.0, "bins": 4}
+
+
+def setup_offline(cfg: RunConfig, method: str) -> Setup:
+    """mle-filter / rwr / dt: sample from the reference policy, score with the gold judge, then weighted SFT.
+
+    offline options: filter ("best_of_n" or "zscore") and threshold (mle-filter); tau (rwr: weights
+    softmax(r̃/τ) over the batch, r̃ = rewards z-scored within their prompt); bins (dt: reward bins).
+    """
+    from metapl.data.sample_sets import (
+        GoldJudgeScorer, SampleSetConfig, best_of_n, build_sample_set, filter_by_zscore, zscore_by_prompt,
+    )
+    from metapl.losses import offline
+
+    unknown = sorted(set(cfg.offline) - set(OFFLINE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"offline: unknown option(s) {unknown}; allowed: {sorted(OFFLINE_DEFAULTS)}")
+    opts = {**OFFLINE_DEFAULTS, **cfg.offline}
+    config, params, bench = _model_and_benchmark(cfg, reward_bins=opts["bins"] if method == "dt" else 0)
+    _objective_kwargs(offline.sft_objective, cfg.loss, set())
+    per_domain = max(1, cfg.data.sample_prompts // len({p.domain for p in bench.train_pairs}))
+    prompts = _tree_prompts(cfg, bench, per_domain)
+    sample_cfg = SampleSetConfig(samples_per_prompt=cfg.data.samples_per_prompt,
+                                 max_new_tokens=cfg.data.max_response_tokens, batch_size=32,
+                                 max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, policy="reference")
+    samples, report = build_sample_set(params, config.replace(lora=None), prompts, bench.encode, bench.decode,
+                                       GoldJudgeScorer(bench.gold, "gold"), sample_cfg,
+                                       stop_token_ids=(bench.eos_id,), pad_id=bench.pad_id, progress=False)
+    shape = SequenceShape(cfg.data.max_prompt_tokens + (4 if method == "dt" else 0), cfg.data.max_response_tokens)
+    length = shape.max_length
+    stats = TruncationStats()
+    info = {"samples": len(samples), "sample_report": report.summary()}
+    render = None
+    if method == "mle-filter":
+        if opts["filter"] == "best_of_n":
+            kept = best_of_n(samples)
+        elif opts["filter"] == "zscore":
+            kept, freport = filter_by_zscore(samples, opts["threshold"])
+            info["filter_report"] = freport.summary()
+        else:
+            raise ConfigError(f"offline.filter must be best_of_n or zscore, got {opts['filter']!r}")
+        arrays = offline.sample_arrays(kept, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
+                                       stats=stats, length=length)
+        info["kept"] = len(kept)
+    elif method == "rwr":
+        z = zscore_by_prompt(samples)
+        arrays = offline.sample_arrays(z, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
+                                       stats=stats, length=length)
+    else:  # dt
+        arrays = offline.reward_conditioned_arrays(samples, bench.encode, shape, eos_id=bench.eos_id,
+                                                   pad_id=bench.pad_id, bins=opts["bins"], stats=stats, length=length)
+        top = int(opts["bins"]) - 1
+        render = lambda x: offline.render_reward_prompt(x, top, offline.DEFAULT_REWARD_TEMPLATE,  # noqa: E731
+                                                        bins=opts["bins"])
+    arrays = {k: v for k, v in arrays.items() if k in ("tokens", "attention_mask", "response_mask", "weights",
+                                                       "rewards")}
+    tau = float(opts["tau"])
+
+    def sft(t, f, batch):
+        p, lora = (f, t) if config.lora is not None else (t, None)
+        if method == "rwr":
+            batch = dict(batch, weights=offline.rwr_weights(batch["rewards"], tau, normalize="none"))
+        return offline.sft_objective(p, batch, config=config, lora=lora)
+
+    trainable, frozen = ((init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), params) if config.lora is not None
+                         else (params, None))
+
+    def evaluate(t, f):
+        p, lora = (f, t) if config.lora is not None else (t, None)
+        return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed, render=render)}
+
+    info["truncation"] = stats.summary()
+    return Setup(trainable, frozen, sft, ArrayBatches(arrays, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed),
+                 evaluate, f"{method}: {len(samples)} scored samples from {len(prompts)} prompts; "
+                 f"{len(arrays['tokens'])} training sequences", info=info)
+
+
+def setup_srpo(cfg: RunConfig) -> Setup:
+    """SRPO on the benchmark's pairs: the six log-probs per pair, reference = initial weights (or LoRA base)."""
+    from metapl.losses import srpo
+
+    config, params, bench = _model_and_benchmark(cfg)
+    kwargs = _objective_kwargs(srpo.srpo_objective, cfg.loss, {"ref_params", "ref_logps"})
+    revision = srpo.revision_prompt("", "")  # the template's own words must be encodable by the tokenizer
+    del revision
+    shape = SequenceShape(2 * cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, cfg.data.max_response_tokens)
+    template = cfg.offline.get("template", srpo.DEFAULT_REVISION_TEMPLATE if bench.tokenizer is None or
+                               hasattr(bench.tokenizer, "apply_chat_template") else "{prompt} {response}")
+
+    def arrays_of(pairs):
+        batch = srpo.srpo_sequences(pairs, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
+                                    template=template, stats=TruncationStats(), length=shape.max_length)
+        return batch.arrays()
+
+    train = arrays_of(bench.train_pairs)
+    if config.lora is not None:
+        trainable, frozen = init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), params
+
+        def objective(t, f, batch):
+            return srpo.srpo_objective(f, batch, config=config, lora=t, **kwargs)
+    else:
+        trainable, frozen = params, jax.tree.map(jnp.copy, params)
+
+        def objective(t, f, batch):
+            return srpo.srpo_objective(t, batch, config=config, ref_params=f, **kwargs)
+
+    def evaluate(t, f):
+        p, lora = (f, t) if config.lora is not None else (t, None)
+        return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)}
+
+    return Setup(trainable, frozen, objective, ArrayBatches(train, cfg.data.batch_size * cfg.accumulation_steps,
+                                                            cfg.seed), evaluate,
+                 f"srpo: {len(bench.train_pairs)} train pairs (six sequences each)")
+
+
 def _tree_prompts(cfg: RunConfig, bench: Benchmark, per_domain: int) -> list[PromptExample]:
     if cfg.data.benchmark == "synthetic_domains":
         from metapl.data.synthetic import SyntheticDomains
@@ -359,6 +513,10 @@ ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
     "dpo": lambda cfg: setup_dpo(cfg, "dpo"),
     "ipo": lambda cfg: setup_dpo(cfg, "ipo"),
     "tree-rm": setup_tree_rm,
+    "mle-filter": lambda cfg: setup_offline(cfg, "mle-filter"),
+    "rwr": lambda cfg: setup_offline(cfg, "rwr"),
+    "dt": lambda cfg: setup_offline(cfg, "dt"),
+    "srpo": setup_srpo,
 }
 
 

@@ -57,6 +57,8 @@ class DataSpec:
     eval_prompts: int = 64
     tree_prompts: int = 64  # tree-rm: prompts (over the training domains) to grow preference trees from
     tree: dict = dataclasses.field(default_factory=dict)  # tree-rm: metapl.data.trees.TreeConfig fields
+    sample_prompts: int = 64  # offline methods: prompts (over the training domains) to sample from
+    samples_per_prompt: int = 4  # offline methods: responses sampled per prompt from the reference policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunConfig:
     optim: OptimConfig = OptimConfig(learning_rate=1e-3)
     loss: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the algorithm's objective
     precompute_reference: bool = False  # dpo/ipo: reference log-probs of every training pair computed once
+    offline: dict = dataclasses.field(default_factory=dict)  # mle-filter/rwr/dt options (see algorithms.py)
     steps: int = 200
     accumulation_steps: int = 1
     log_every: int = 10

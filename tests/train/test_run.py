@@ -97,3 +97,18 @@ def test_cached_reference_log_probs_give_the_same_run(tmp_path):
     assert "cached reference" in json.loads((cached / "setup.json").read_text())["describe"]
     assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-5)
     assert a[-1]["margin"] == pytest.approx(b[-1]["margin"], rel=1e-4, abs=1e-6)
+
+
+OFFLINE = ["optim.learning_rate=1e-3", "data.samples_per_prompt=8", "data.sample_prompts=120"]
+
+
+@pytest.mark.parametrize("algo, extra, gain", [
+    ("mle-filter", ["steps=150"], 0.05),
+    ("rwr", ["steps=150", "offline.tau=0.5"], 0.04),
+    ("dt", ["steps=200", "offline.bins=2"], 0.04),  # conditioned on the top bin at evaluation
+    ("srpo", ["steps=150", "loss.beta=0.5"], 0.03),
+])
+def test_offline_methods_and_srpo_raise_the_gold_reward(tmp_path, algo, extra, gain):
+    run_dir, final = _run(tmp_path, algo, [f"algo={algo}", "eval_every=1000", *OFFLINE, *extra])
+    reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
+    assert final["gold_reward"] > reference + gain, (reference, final)
