@@ -467,11 +467,9 @@ def setup_srpo(cfg: RunConfig) -> Setup:
 
     config, params, bench = _model_and_benchmark(cfg)
     kwargs = _objective_kwargs(srpo.srpo_objective, cfg.loss, {"ref_params", "ref_logps"})
-    revision = srpo.revision_prompt("", "")  # the template's own words must be encodable by the tokenizer
-    del revision
     shape = SequenceShape(2 * cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, cfg.data.max_response_tokens)
-    template = cfg.offline.get("template", srpo.DEFAULT_REVISION_TEMPLATE if bench.tokenizer is None or
-                               hasattr(bench.tokenizer, "apply_chat_template") else "{prompt} {response}")
+    # The synthetic vocabulary has no English words for the revision instruction: its context is x ⊕ y.
+    template = "{prompt} {response}" if cfg.data.benchmark == "synthetic_domains" else srpo.DEFAULT_REVISION_TEMPLATE
 
     def arrays_of(pairs):
         batch = srpo.srpo_sequences(pairs, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
