@@ -165,9 +165,11 @@ def prepare_run_dir(run_dir: Path, config_file: str | None, overrides: list[str]
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
         cfg = load_config(RunConfig, saved, overrides)
-        changed = {k for k, v in to_dict(cfg).items() if k != "steps" and v != to_dict(load_config(RunConfig, saved))[k]}
+        before = to_dict(load_config(RunConfig, saved))
+        changed = sorted(k for k, v in to_dict(cfg).items() if k != "steps" and v != before[k])
         if changed:
-            raise ConfigError(f"--resume may only change `steps`; these differ from the saved run: {sorted(changed)}")
+            raise ConfigError(f"--resume may only change `steps`; these differ from the saved run: {changed}")
+        save_config(cfg, saved)  # the run now goes to cfg.steps
         return cfg
     if saved.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
