@@ -20,6 +20,7 @@ from metapl.config import ConfigError
 from metapl.data.batching import PairLoader, SequenceShape, TruncationStats, hf_encoder, prompt_arrays
 from metapl.data.schemas import PreferencePair, PromptExample
 from metapl.losses import preference
+from metapl.models.logprobs import token_logprobs
 from metapl.models import (
     LoraConfig, ModelConfig, SamplingConfig, generate, init_head_params, init_lora, init_params, llama,
 )
@@ -497,6 +498,95 @@ def setup_srpo(cfg: RunConfig) -> Setup:
                  f"srpo: {len(bench.train_pairs)} train pairs (six sequences each)")
 
 
+class Rollouts:
+    """On-policy batches for RLOO: each step samples k responses for each of `batch_size` prompts from the
+    current policy (the loop hands it the latest trainable params), scores them with the gold judge and adds
+    the reference log-probs. Its position (prompt order) is checkpointed; step t samples with key fold_in(seed, t).
+    """
+
+    def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, config: ModelConfig, frozen, policy, k: int):
+        from metapl.data.batching import ShuffledBatches
+
+        self.prompts, self.bench, self.cfg, self.config, self.frozen, self.policy, self.k = \
+            prompts, bench, cfg, config, frozen, policy, k
+        self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
+        self.params = None
+        base = config.replace(lora=None)
+        self._ref = jax.jit(lambda p, b: token_logprobs(p, base, b["tokens"], attention_mask=b["attention_mask"]))
+
+    def set_params(self, trainable) -> None:
+        self.params = trainable
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        step = self.order.step
+        chosen = [self.prompts[i] for i in next(self.order) for _ in range(self.k)]
+        shape = SequenceShape(self.cfg.data.max_prompt_tokens, self.cfg.data.max_response_tokens)
+        tokens, mask = prompt_arrays(chosen, self.bench.encode, shape, self.bench.pad_id, TruncationStats(),
+                                     length=self.cfg.data.max_prompt_tokens)
+        p, lora = self.policy(self.params, self.frozen)
+        out = generate(p, self.config, tokens, mask, jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step),
+                       SamplingConfig(max_new_tokens=self.cfg.data.max_response_tokens, temperature=1.0,
+                                      stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora)
+        gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
+        rewards = []
+        for prompt, row, keep in zip(chosen, gen, gen_mask):
+            response = self.bench.decode([int(t) for t, m in zip(row, keep) if m and int(t) != self.bench.eos_id])
+            rewards.append(self.bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
+        batch = {"tokens": jnp.concatenate([out.prompt_tokens, out.tokens], axis=1),
+                 "attention_mask": jnp.concatenate([out.prompt_mask, out.mask], axis=1),
+                 "response_mask": jnp.concatenate([jnp.zeros_like(out.prompt_mask), out.mask], axis=1),
+                 "rewards": jnp.asarray(rewards, jnp.float32)}
+        ref_params = self.frozen if self.frozen is not None else p
+        batch["ref_logps"] = self._ref(ref_params, batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+def setup_rloo(cfg: RunConfig) -> Setup:
+    """RLOO with a KL penalty against the reference (the initial weights, or the LoRA base), rewarded by the
+    benchmark's gold judge (the reward model of a full pipeline plugs in the same place). loss options: k,
+    beta, estimator ("k1" or "k3")."""
+    from metapl.losses.policy_gradient import rloo_objective
+
+    config, params, bench = _model_and_benchmark(cfg)
+    kwargs = {"k": 4, **_objective_kwargs(rloo_objective, cfg.loss, set())}
+    if config.lora is not None:
+        trainable, frozen = init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), params
+
+        def policy(t, f):
+            return f, t
+
+        def objective(t, f, batch):
+            return rloo_objective(f, batch, config=config, lora=t, **kwargs)
+    else:
+        trainable, frozen = params, jax.tree.map(jnp.copy, params)
+
+        def policy(t, f):
+            return t, None
+
+        def objective(t, f, batch):
+            return rloo_objective(t, batch, config=config, **kwargs)
+
+    per_domain = max(1, cfg.data.sample_prompts // len({p.domain for p in bench.train_pairs}))
+    prompts = _tree_prompts(cfg, bench, per_domain)
+
+    def evaluate(t, f):
+        p, lora = policy(t, f)
+        return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)}
+
+    return Setup(trainable, frozen, objective, Rollouts(prompts, bench, cfg, config, frozen, policy, kwargs["k"]),
+                 evaluate, f"rloo: {len(prompts)} prompts, {kwargs['k']} samples each per step, "
+                 f"{cfg.data.batch_size} prompts per step")
+
+
 def _tree_prompts(cfg: RunConfig, bench: Benchmark, per_domain: int) -> list[PromptExample]:
     if cfg.data.benchmark == "synthetic_domains":
         from metapl.data.synthetic import SyntheticDomains
@@ -515,6 +605,7 @@ ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
     "rwr": lambda cfg: setup_offline(cfg, "rwr"),
     "dt": lambda cfg: setup_offline(cfg, "dt"),
     "srpo": setup_srpo,
+    "rloo": setup_rloo,
 }
 
 

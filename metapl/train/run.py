@@ -203,6 +203,8 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
     t0, last = time.perf_counter(), {}
     try:
         for step in range(start + 1, cfg.steps + 1):
+            if hasattr(setup.batches, "set_params"):  # on-policy data is sampled from the current params
+                setup.batches.set_params(state.params)
             state, metrics = step_fn(state, setup.frozen, next(setup.batches))
             if int(state.nonfinite_run) >= cfg.optim.max_nonfinite_steps:
                 raise RunError(f"{cfg.optim.max_nonfinite_steps} consecutive non-finite steps at step {step}; "

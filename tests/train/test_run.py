@@ -112,3 +112,10 @@ def test_offline_methods_and_srpo_raise_the_gold_reward(tmp_path, algo, extra, g
     run_dir, final = _run(tmp_path, algo, [f"algo={algo}", "eval_every=1000", *OFFLINE, *extra])
     reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
     assert final["gold_reward"] > reference + gain, (reference, final)
+
+
+def test_rloo_raises_the_gold_reward(tmp_path):
+    run_dir, final = _run(tmp_path, "rloo", ["algo=rloo", "steps=60", "eval_every=1000", "optim.learning_rate=1e-3",
+                                             "loss.beta=0.05"])
+    reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
+    assert final["gold_reward"] > reference + 0.1, (reference, final)
