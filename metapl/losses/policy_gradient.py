@@ -98,3 +98,123 @@ def rloo_objective(
     logp = token_logprobs(params, config, batch["tokens"], attention_mask=batch["attention_mask"], lora=lora)
     return rloo_loss(logp, batch["ref_logps"], batch["response_mask"], batch["rewards"], k=k, beta=beta,
                      estimator=estimator)
+
+
+# ------------------------------------------------------------------------------------------------------- PPO
+#
+# PPO on the same rollouts: per-token rewards are the KL penalty −β·kl_t on every response token plus the
+# sequence reward r(x, y) on the last response token; advantages come from GAE over the response tokens; the
+# value head shares the policy's backbone (params = {"lm": ..., "value_head": {"kernel": [D, 1], "bias": [1]}}).
+
+
+def token_rewards(rewards: jax.Array, kl: jax.Array, mask: jax.Array, beta: float | jax.Array) -> jax.Array:
+    """[B, T]: −β·kl_t on response tokens, plus rewards[b] on each row's last response token."""
+    mask = mask.astype(bool)
+    t = mask.shape[1]
+    last = jnp.max(jnp.where(mask, jnp.arange(t)[None, :], -1), axis=1)
+    at_last = (jnp.arange(t)[None, :] == last[:, None]) & mask
+    return jnp.where(mask, -beta * kl, 0.0) + jnp.where(at_last, rewards[:, None], 0.0)
+
+
+def gae(rewards_t: jax.Array, values_t: jax.Array, mask: jax.Array, *, gamma: float = 1.0, lam: float = 0.95
+        ) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over the masked (response) tokens of each row; [B, T] each.
+
+    δ_t = r_t + γ·V_{t'}·[t' exists] − V_t with t' the next response token; A_t = δ_t + γλ·A_{t'}.
+    Returns (advantages, returns = advantages + values), both 0 off the mask.
+    """
+    chex.assert_equal_shape([rewards_t, values_t, mask])
+    m = mask.astype(values_t.dtype)
+
+    def back(carry, x):
+        next_value, next_adv = carry
+        r, v, mt = x
+        delta = r + gamma * next_value - v
+        adv = delta + gamma * lam * next_adv
+        adv = jnp.where(mt > 0, adv, 0.0)
+        # off the mask, carry the next response token's value and advantage through unchanged
+        return (jnp.where(mt > 0, v, next_value), jnp.where(mt > 0, adv, next_adv)), adv
+
+    zeros = jnp.zeros(rewards_t.shape[0], values_t.dtype)
+    xs = (rewards_t.T[::-1], values_t.T[::-1], m.T[::-1])
+    _, adv = jax.lax.scan(back, (zeros, zeros), xs)
+    adv = adv[::-1].T
+    return adv, jnp.where(m > 0, adv + values_t, 0.0)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    m = mask.astype(x.dtype)
+    return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def ppo_policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, mask: jax.Array, *,
+                    clip: float = 0.2) -> tuple[jax.Array, dict]:
+    """Clipped surrogate −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)], ρ = exp(logp − logp_old), over masked tokens."""
+    chex.assert_equal_shape([logp, logp_old, advantages, mask])
+    log_ratio = jnp.where(mask.astype(bool), logp - logp_old, 0.0)
+    ratio = jnp.exp(log_ratio)
+    adv = jax.lax.stop_gradient(advantages)
+    loss = -_masked_mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv), mask)
+    metrics = {"policy_loss": loss,
+               "clip_fraction": _masked_mean((jnp.abs(ratio - 1) > clip).astype(jnp.float32), mask),
+               "approx_kl": _masked_mean(0.5 * jnp.square(log_ratio), mask)}
+    return loss, metrics
+
+
+def ppo_value_loss(values: jax.Array, values_old: jax.Array, returns: jax.Array, mask: jax.Array, *,
+                   clip: float = 0.2) -> tuple[jax.Array, dict]:
+    """½·E[max((V − R)², (clip(V, V_old ± ε) − R)²)] over masked tokens."""
+    chex.assert_equal_shape([values, values_old, returns, mask])
+    returns = jax.lax.stop_gradient(returns)
+    clipped = values_old + jnp.clip(values - values_old, -clip, clip)
+    loss = 0.5 * _masked_mean(jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns)), mask)
+    var = _masked_mean(jnp.square(returns - _masked_mean(returns, mask)), mask)
+    explained = 1 - _masked_mean(jnp.square(returns - values), mask) / jnp.maximum(var, 1e-8)
+    return loss, {"value_loss": loss, "explained_variance": explained}
+
+
+def adaptive_kl_update(beta: jax.Array, observed_kl: jax.Array, n_steps: int, *, target: float,
+                       horizon: float) -> jax.Array:
+    """Ziegler et al. (2019): β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n_steps/horizon)."""
+    error = jnp.clip(observed_kl / target - 1.0, -0.2, 0.2)
+    return beta * (1.0 + error * n_steps / horizon)
+
+
+def policy_and_values(params: Params, config: ModelConfig, tokens: jax.Array, attention_mask: jax.Array, *,
+                      lora: Params | None = None) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probs [B, T] (entry 0 = 0) and values [B, T] from one forward pass of the shared backbone.
+
+    Value t estimates the return before emitting token t, read from the hidden state that predicts token t."""
+    from metapl.models.layers import at_least_f32
+    from metapl.models.logprobs import hidden_logprobs
+    from metapl.models.transformer import hidden_states, unembedding
+
+    lm, head = params["lm"], params["value_head"]
+    hidden = hidden_states(lm, config, tokens, attention_mask=attention_mask, lora=lora)
+    w = unembedding(lm, config).astype(config.compute_dtype)
+    lp = hidden_logprobs(hidden[:, :-1], w, tokens[:, 1:])
+    lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+    acc = at_least_f32(hidden.dtype)
+    v = (jnp.dot(hidden.astype(acc), head["kernel"].astype(acc)) + head["bias"].astype(acc))[..., 0]
+    v = jnp.concatenate([jnp.zeros_like(v[:, :1]), v[:, :-1]], axis=1)  # value of state before token t
+    return lp, v
+
+
+def ppo_objective(
+    params: Params,
+    batch: Mapping[str, jax.Array],
+    *,
+    config: ModelConfig,
+    clip: float = 0.2,
+    value_clip: float = 0.2,
+    value_coef: float = 0.1,
+    lora: Params | None = None,
+) -> tuple[jax.Array, dict]:
+    """PPO on a rollout batch: tokens, attention_mask, response_mask [B, T]; old_logps, old_values,
+    advantages, returns [B, T] (fixed at rollout time). Loss = policy loss + value_coef · value loss."""
+    logp, values = policy_and_values(params, config, batch["tokens"], batch["attention_mask"], lora=lora)
+    mask = batch["response_mask"]
+    pl, pm = ppo_policy_loss(logp, batch["old_logps"], batch["advantages"], mask, clip=clip)
+    vl, vm = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, clip=value_clip)
+    loss = pl + value_coef * vl
+    return loss, {"loss": loss, **pm, **vm}

@@ -20,6 +20,7 @@ from metapl.config import ConfigError
 from metapl.data.batching import PairLoader, SequenceShape, TruncationStats, hf_encoder, prompt_arrays
 from metapl.data.schemas import PreferencePair, PromptExample
 from metapl.losses import preference
+from metapl.losses.policy_gradient import policy_and_values
 from metapl.models.logprobs import token_logprobs
 from metapl.models import (
     LoraConfig, ModelConfig, SamplingConfig, generate, init_head_params, init_lora, init_params, llama,
@@ -587,6 +588,102 @@ def setup_rloo(cfg: RunConfig) -> Setup:
                  f"{cfg.data.batch_size} prompts per step")
 
 
+PPO_DEFAULTS = {"beta": 0.05, "gamma": 1.0, "lam": 0.95, "epochs": 2, "kl_target": None, "kl_horizon": 10000.0}
+
+
+class PPORollouts(Rollouts):
+    """Rollouts for PPO: one sample per prompt; old log-probs, values, the KL-shaped token rewards and GAE
+    advantages are fixed at rollout time, and each rollout is trained on for `epochs` steps. With kl_target,
+    β follows the adaptive KL controller (its value is part of the checkpointed position)."""
+
+    def __init__(self, *args, opts: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.opts, self.beta, self.current, self.left = opts, float(opts["beta"]), None, 0
+        config = self.config
+        self._policy_and_values = jax.jit(
+            lambda p, lora, b: policy_and_values(p, config, b["tokens"], b["attention_mask"], lora=lora))
+
+    def _lm(self, t, f):
+        if self.config.lora is not None:
+            return {"lm": f, "value_head": t["value_head"]}, t["lora"]
+        return t, None
+
+    def __next__(self) -> dict:
+        if self.left == 0:
+            self.current, self.left = self._rollout(), int(self.opts["epochs"])
+        self.left -= 1
+        return self.current
+
+    def _rollout(self) -> dict:
+        from metapl.losses.policy_gradient import adaptive_kl_update, gae, kl_penalty, token_rewards
+
+        batch = super().__next__()  # samples from the current policy, gold rewards, ref log-probs
+        params, lora = self._lm(self.params, self.frozen)
+        logp, values = self._policy_and_values(params, lora, batch)
+        kl = kl_penalty(logp, batch["ref_logps"], batch["response_mask"], "k1")
+        rewards_t = token_rewards(batch["rewards"], kl, batch["response_mask"], self.beta)
+        adv, ret = gae(rewards_t, values, batch["response_mask"], gamma=self.opts["gamma"], lam=self.opts["lam"])
+        if self.opts["kl_target"]:
+            observed = float(jnp.mean(kl.sum(axis=1)))
+            self.beta = float(adaptive_kl_update(jnp.float32(self.beta), observed, self.cfg.data.batch_size,
+                                                 target=float(self.opts["kl_target"]),
+                                                 horizon=float(self.opts["kl_horizon"])))
+        return {"tokens": batch["tokens"], "attention_mask": batch["attention_mask"],
+                "response_mask": batch["response_mask"], "old_logps": logp, "old_values": values,
+                "advantages": adv, "returns": ret}
+
+    def state_dict(self) -> dict:
+        return {**self.order.state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.beta = float(state.pop("beta", self.beta))
+        self.order.load_state_dict(state)
+        self.left = 0  # a resumed run starts a fresh rollout
+
+
+def setup_ppo(cfg: RunConfig) -> Setup:
+    """PPO with a value head on the policy's backbone, KL-shaped token rewards and GAE (see PPO_DEFAULTS)."""
+    from metapl.losses.policy_gradient import ppo_objective
+
+    unknown = sorted(set(cfg.ppo) - set(PPO_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"ppo: unknown option(s) {unknown}; allowed: {sorted(PPO_DEFAULTS)}")
+    opts = {**PPO_DEFAULTS, **cfg.ppo}
+    config, params, bench = _model_and_benchmark(cfg)
+    kwargs = _objective_kwargs(ppo_objective, cfg.loss, set())
+    head = init_head_params(config, jax.random.PRNGKey(cfg.seed + 3), backbone={})["head"]
+    if config.lora is not None:
+        trainable = {"lora": init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), "value_head": head}
+        frozen = params
+
+        def objective(t, f, batch):
+            return ppo_objective({"lm": f, "value_head": t["value_head"]}, batch, config=config, lora=t["lora"],
+                                 **kwargs)
+
+        def policy(t, f):
+            return f, t["lora"]
+    else:
+        trainable, frozen = {"lm": params, "value_head": head}, jax.tree.map(jnp.copy, params)
+
+        def objective(t, f, batch):
+            return ppo_objective(t, batch, config=config, **kwargs)
+
+        def policy(t, f):
+            return t["lm"], None
+
+    per_domain = max(1, cfg.data.sample_prompts // len({p.domain for p in bench.train_pairs}))
+    prompts = _tree_prompts(cfg, bench, per_domain)
+
+    def evaluate(t, f):
+        p, lora = policy(t, f)
+        return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)}
+
+    rollouts = PPORollouts(prompts, bench, cfg, config, frozen, policy, 1, opts=opts)
+    return Setup(trainable, frozen, objective, rollouts, evaluate,
+                 f"ppo: {len(prompts)} prompts, {cfg.data.batch_size} per rollout, {opts['epochs']} steps per rollout")
+
+
 def _tree_prompts(cfg: RunConfig, bench: Benchmark, per_domain: int) -> list[PromptExample]:
     if cfg.data.benchmark == "synthetic_domains":
         from metapl.data.synthetic import SyntheticDomains
@@ -606,6 +703,7 @@ ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
     "dt": lambda cfg: setup_offline(cfg, "dt"),
     "srpo": setup_srpo,
     "rloo": setup_rloo,
+    "ppo": setup_ppo,
 }
 
 

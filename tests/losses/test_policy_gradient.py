@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metapl.losses.policy_gradient import kl_penalty, leave_one_out_advantages, rloo_loss, rloo_objective
+from metapl.losses.policy_gradient import (
+    adaptive_kl_update, gae, kl_penalty, leave_one_out_advantages, ppo_policy_loss, ppo_value_loss, rloo_loss,
+    rloo_objective, token_rewards,
+)
 from metapl.models import init_params, tiny, token_logprobs
 from tests.finite_diff import directional_error, x64
 
@@ -88,3 +91,59 @@ def test_rloo_objective_gradient_matches_finite_differences(rng):
         for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
             np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-12)
         assert directional_error(fixed, params, jax.random.key(1)) < 1e-5
+
+
+def np_gae(r, v, m, gamma, lam):
+    """Backward recursion over each row's response tokens (float64), independent of the scan version."""
+    adv = np.zeros_like(r)
+    for b in range(r.shape[0]):
+        idx = np.flatnonzero(m[b])
+        next_v, next_a = 0.0, 0.0
+        for t in idx[::-1]:
+            delta = r[b, t] + gamma * next_v - v[b, t]
+            adv[b, t] = delta + gamma * lam * next_a
+            next_v, next_a = v[b, t], adv[b, t]
+    return adv, np.where(m, adv + v, 0)
+
+
+def test_gae_and_token_rewards_match_numpy(rng):
+    m = np.zeros((3, 8), bool)
+    m[0, 2:6], m[1, 3:8], m[2, 1:3] = True, True, True
+    r, v = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
+    adv, ret = gae(jnp.asarray(r), jnp.asarray(v), jnp.asarray(m), gamma=0.9, lam=0.8)
+    want_adv, want_ret = np_gae(r, v, m, 0.9, 0.8)
+    np.testing.assert_allclose(adv, want_adv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-6)
+    kl = rng.normal(size=(3, 8))
+    tr = np.asarray(token_rewards(jnp.asarray([1.0, 2.0, 3.0]), jnp.asarray(kl), jnp.asarray(m), 0.1))
+    want = np.where(m, -0.1 * kl, 0)
+    want[0, 5] += 1.0
+    want[1, 7] += 2.0
+    want[2, 2] += 3.0
+    np.testing.assert_allclose(tr, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_clipped_losses_match_numpy_and_clip_the_gradient(rng):
+    logp, old = rng.normal(size=(2, 5)) * 0.3 - 1, rng.normal(size=(2, 5)) * 0.3 - 1
+    adv, m = rng.normal(size=(2, 5)), rng.uniform(size=(2, 5)) > 0.2
+    loss, metrics = ppo_policy_loss(*map(jnp.asarray, (logp, old, adv, m)), clip=0.2)
+    ratio = np.exp(logp - old)
+    per = np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv)
+    np.testing.assert_allclose(loss, -(per * m).sum() / m.sum(), rtol=1e-5)
+    grad = np.asarray(jax.grad(lambda lp: ppo_policy_loss(lp, *map(jnp.asarray, (old, adv, m)), clip=0.2)[0])(
+        jnp.asarray(logp)))
+    clipped = ((ratio > 1.2) & (adv > 0)) | ((ratio < 0.8) & (adv < 0)) | ~m
+    assert np.all(grad[clipped] == 0) and np.all(grad[~clipped] != 0)
+    np.testing.assert_allclose(metrics["clip_fraction"], ((np.abs(ratio - 1) > 0.2) * m).sum() / m.sum(), rtol=1e-6)
+    values, vold, ret = rng.normal(size=(2, 5)), rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
+    vl, _ = ppo_value_loss(*map(jnp.asarray, (values, vold, ret, m)), clip=0.2)
+    clipped_v = vold + np.clip(values - vold, -0.2, 0.2)
+    want = 0.5 * (np.maximum((values - ret) ** 2, (clipped_v - ret) ** 2) * m).sum() / m.sum()
+    np.testing.assert_allclose(vl, want, rtol=1e-5)
+
+
+def test_adaptive_kl_controller():
+    assert float(adaptive_kl_update(jnp.float32(0.1), 12.0, 100, target=6.0, horizon=10000)) == pytest.approx(
+        0.1 * (1 + 0.2 * 0.01))
+    assert float(adaptive_kl_update(jnp.float32(0.1), 5.4, 100, target=6.0, horizon=1000)) == pytest.approx(
+        0.1 * (1 - 0.1 * 0.1))

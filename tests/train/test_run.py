@@ -119,3 +119,11 @@ def test_rloo_raises_the_gold_reward(tmp_path):
                                              "loss.beta=0.05"])
     reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
     assert final["gold_reward"] > reference + 0.1, (reference, final)
+
+
+def test_ppo_raises_the_gold_reward(tmp_path):
+    run_dir, final = _run(tmp_path, "ppo", ["algo=ppo", "steps=80", "eval_every=1000", "optim.learning_rate=1e-3",
+                                            "data.batch_size=16", "ppo.kl_target=6.0"])
+    reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
+    assert final["gold_reward"] > reference + 0.08, (reference, final)
+    assert 0 <= read_metrics(run_dir, "train")[-1]["clip_fraction"] <= 1
