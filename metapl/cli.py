@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train with one algorithm",
                        description="Train with ALGO. A run directory receives config.yaml, metrics.jsonl, "
                        "TensorBoard events and checkpoints; --resume continues it.")
-    t.add_argument("algo", help="rm, dpo, ipo, tree-rm, mle-filter, rwr, dt or srpo")
+    t.add_argument("algo", help="rm, dpo, ipo, tree-rm, mle-filter, rwr, dt, srpo, rloo or ppo")
     t.add_argument("--config", help="a YAML file of RunConfig fields (see experiments/configs/)")
     t.add_argument("--run-dir", required=True, help="where the run writes (must not hold a run unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir (may raise `steps`)")
