@@ -69,6 +69,10 @@ class ModelConfig:
       dtype: compute dtype ("float32" default, "bfloat16" option; "float64" for finite-difference tests with
         jax_enable_x64); parameters stay in param_dtype.
       lora: the adapter architecture, or None. Adapter weights live in a separate tree (see `lora.py`).
+      remat: what the backward pass keeps of each layer's forward. "dots" (default) keeps the matmul outputs
+        and recomputes the elementwise work (norms, RoPE, activations), which is both smaller and, on XLA:CPU,
+        ~10% faster than keeping everything; "full" keeps only the layer inputs (least memory, one extra
+        forward); "none" keeps every intermediate. The numbers computed are the same.
     """
 
     vocab_size: int
@@ -93,8 +97,11 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     param_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     lora: LoraConfig | None = None
+    remat: Literal["dots", "full", "none"] = "dots"
 
     def __post_init__(self):
+        if self.remat not in ("dots", "full", "none"):
+            raise ValueError(f"remat must be 'dots', 'full' or 'none', got {self.remat!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"

@@ -128,20 +128,23 @@ def hidden_states(
 
     block = Block(config)
 
-    def variables(p, l):
-        return {"params": p} if l is None else {"params": p, "lora": l}
+    def layer(x, p, l):
+        return block.apply({"params": p} if l is None else {"params": p, "lora": l}, x, cos, sin, mask)
 
-    if not isinstance(params["layers"], (list, tuple)):
+    scanned = not isinstance(params["layers"], (list, tuple))
+    if config.remat != "none":
+        policy = (jax.checkpoint_policies.dots_saveable if config.remat == "dots"
+                  else jax.checkpoint_policies.nothing_saveable)
+        # Inside scan, CSE cannot merge the recomputation away, so it needs no barrier.
+        layer = jax.checkpoint(layer, policy=policy, prevent_cse=not scanned)
 
-        def step(x, layer):
-            p, l = layer
-            return block.apply(variables(p, l), x, cos, sin, mask), None
-
-        x, _ = jax.lax.scan(step, x, (params["layers"], None if lora is None else lora["layers"]))
+    if scanned:
+        x, _ = jax.lax.scan(lambda x, pl: (layer(x, *pl), None), x,
+                            (params["layers"], None if lora is None else lora["layers"]))
     else:
         layer_lora = [None] * len(params["layers"]) if lora is None else unstack_layers(lora)["layers"]
         for p, l in zip(params["layers"], layer_lora):
-            x = block.apply(variables(p, l), x, cos, sin, mask)
+            x = layer(x, p, l)
     return make_norm(config, "final_norm").apply({"params": params["final_norm"]}, x)
 
 

@@ -99,10 +99,11 @@ def load_model(cfg: RunConfig, vocab_size: int | None) -> tuple[ModelConfig, Any
         from metapl.models import load_pretrained
 
         m = load_pretrained(spec.pretrained, dtype=spec.dtype)
-        return m.config.replace(lora=lora), m.params, m.tokenizer
+        return m.config.replace(lora=lora, remat=spec.remat), m.params, m.tokenizer
     config = llama(vocab_size=vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
                    num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, intermediate_size=spec.intermediate_size,
-                   max_position_embeddings=512, dtype=spec.dtype, param_dtype=spec.dtype, lora=lora)
+                   max_position_embeddings=512, dtype=spec.dtype, param_dtype=spec.dtype, lora=lora,
+                   remat=spec.remat)
     return config, init_params(config, jax.random.PRNGKey(cfg.seed)), None
 
 

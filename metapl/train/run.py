@@ -41,6 +41,7 @@ class ModelSpec:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
     dtype: str = "float32"
+    remat: str = "dots"  # what the backward keeps per layer: "dots", "full" or "none" (see ModelConfig.remat)
 
 
 @dataclasses.dataclass(frozen=True)

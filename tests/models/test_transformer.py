@@ -91,6 +91,27 @@ def test_unstacked_layers_equal_stacked(rng):
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("stacked", [True, False])
+def test_remat_policies_give_the_same_gradient(rng, stacked):
+    config = tiny("llama")
+    params = init_params(config, jax.random.key(0))
+    if not stacked:
+        params = unstack_layers(params)
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, size=(2, 6)))
+
+    def value_and_grad(remat):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.sum(jnp.sin(apply(p, config.replace(remat=remat), tokens)))))(
+            params)
+
+    ref_loss, ref_grad = value_and_grad("none")
+    for remat in ("dots", "full"):
+        loss, grad = value_and_grad(remat)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad, ref_grad)
+    with pytest.raises(ValueError, match="remat must be"):
+        config.replace(remat="some")
+
+
 def test_bfloat16_compute_stays_close_to_float32(rng):
     config = tiny("llama")
     params = init_params(config, jax.random.key(0))
