@@ -1,0 +1,200 @@
+"""Hypergradients of a bilevel problem whose inner problem is solved by K optimiser steps.
+
+    θ_K(φ) = K steps of `inner_optimizer` on θ ↦ L_in(θ, φ) from θ₀
+    F(φ)   = L_out(θ_K(φ), φ)
+    dF/dφ  = ∂_φ L_out + (∂θ_K/∂φ)ᵀ ∇_θ L_out(θ_K)
+
+The problem is generic: θ and φ are any parameter pytrees, and both losses are `(θ, φ, batch) -> (loss, metrics)`.
+Three ways to get dF/dφ, one signature (`hypergradient(problem, phi, theta0, inner_batch, outer_batch, method=…)`
+returning `(outer_loss, dphi, aux)`):
+
+* ``unrolled``: `jax.grad` through the `lax.scan` of the K steps (exact for the K-step solver). Options:
+  `checkpoint=True` rematerialises each step in the backward pass (memory: one step's activations plus the K
+  carries); `truncate=M` backpropagates through the last M steps only (the first K−M see φ as a constant).
+* ``implicit``: the implicit function theorem at θ_K, assuming ∇_θ L_in(θ_K, φ) = 0:
+  solve (H + δI) v = ∇_θ L_out(θ_K) with H = ∇²_θθ L_in by conjugate gradients or a Neumann series on
+  Hessian-vector products (`jvp` of `grad`), then dF/dφ = ∂_φ L_out − (∂²_φθ L_in)ᵀ v. Memory does not grow with K.
+* ``first_order``: the inner Hessian is dropped (H⁻¹ replaced by `first_order_scale`·I, i.e. the direction one
+  inner gradient step would move): dF/dφ ≈ ∂_φ L_out − scale · (∂²_φθ L_in)ᵀ ∇_θ L_out(θ_K). The mixed φ–θ
+  term must stay: φ reaches the outer loss only through the inner loss, so dropping it too would leave only
+  ∂_φ L_out (zero when the outer loss does not use φ directly).
+
+`inner_batch` is used at every inner step, or, with `per_step_batches=True`, is a stack whose leading axis (K) gives
+step k its own batch (e.g. fresh samples or RNG keys). The implicit and first-order methods take their Hessian
+and mixed products at θ_K on `hessian_batch` (default: the last step's batch).
+
+Everything is pure and jit-able, and vmap-able over a leading domain axis of phi-independent arguments
+(`jax.vmap(lambda b_in, b_out: hypergradient(problem, phi, theta0, b_in, b_out)[1])`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metapl.bilevel.linear_solve import conjugate_gradient, neumann_series, tree_vdot
+
+Params = Any
+Loss = Callable[[Params, Params, Any], tuple[jax.Array, dict]]
+Method = Literal["unrolled", "implicit", "first_order"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BilevelProblem:
+    """inner_loss(θ, φ, batch) is minimised over θ by `steps` updates of `inner_optimizer`; outer_loss(θ, φ, batch)
+    is evaluated at the result. Both return (loss, metrics)."""
+
+    inner_loss: Loss
+    outer_loss: Loss
+    inner_optimizer: optax.GradientTransformation
+    steps: int
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"BilevelProblem.steps must be >= 1, got {self.steps}")
+
+
+def _step_batches(batch: Any, steps: int, per_step: bool) -> Any:
+    if not per_step:
+        return None
+    lead = {x.shape[0] for x in jax.tree.leaves(batch)}
+    if lead != {steps}:
+        raise ValueError(f"per_step_batches: every leaf needs leading axis {steps} (the inner steps), got {lead}")
+    return batch
+
+
+def _last_batch(batch: Any, per_step: bool) -> Any:
+    return jax.tree.map(lambda x: x[-1], batch) if per_step else batch
+
+
+def inner_solve(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any, *,
+                per_step_batches: bool = False, checkpoint: bool = False, steps: int | None = None,
+                opt_state: Any = None) -> tuple[Params, Any, jax.Array]:
+    """(θ_K, final optimiser state, inner losses [K]) after K = `steps` (default problem.steps) inner updates.
+
+    Differentiable in φ and θ₀ (this is what the unrolled method differentiates). `checkpoint` rematerialises
+    each step in the backward pass.
+    """
+    k = problem.steps if steps is None else steps
+    batches = _step_batches(inner_batch, k, per_step_batches)
+    grad_fn = jax.value_and_grad(lambda t, b: problem.inner_loss(t, phi, b)[0])
+
+    def step(carry, b):
+        theta, state = carry
+        loss, g = grad_fn(theta, inner_batch if b is None else b)
+        updates, state = problem.inner_optimizer.update(g, state, theta)
+        return (optax.apply_updates(theta, updates), state), loss
+
+    if checkpoint:
+        step = jax.checkpoint(step)
+    state0 = problem.inner_optimizer.init(theta0) if opt_state is None else opt_state
+    (theta, state), losses = jax.lax.scan(step, (theta0, state0), batches, length=k)
+    return theta, state, losses
+
+
+def _outer(problem: BilevelProblem, theta: Params, phi: Params, outer_batch: Any):
+    (loss, metrics), (g_theta, g_phi) = jax.value_and_grad(problem.outer_loss, argnums=(0, 1), has_aux=True)(
+        theta, phi, outer_batch)
+    return loss, metrics, g_theta, g_phi
+
+
+def _mixed_product(problem: BilevelProblem, theta: Params, phi: Params, batch: Any, v: Params) -> Params:
+    """(∂²_φθ L_in)ᵀ v = ∇_φ <∇_θ L_in(θ, φ), v> at fixed θ and v."""
+    v = jax.lax.stop_gradient(v)
+
+    def inner_dot(p):
+        g = jax.grad(lambda t: problem.inner_loss(t, p, batch)[0])(theta)
+        return tree_vdot(g, v)
+
+    return jax.grad(inner_dot)(phi)
+
+
+def unrolled_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any,
+                           outer_batch: Any, *, per_step_batches: bool = False, checkpoint: bool = False,
+                           truncate: int | None = None) -> tuple[jax.Array, Params, dict]:
+    """(F(φ), dF/dφ, aux) by reverse-mode through the K inner steps (the last `truncate` of them, if given)."""
+    k = problem.steps
+    if truncate is not None and not 1 <= truncate <= k:
+        raise ValueError(f"truncate must be in [1, {k}], got {truncate}")
+    frozen_steps = 0 if truncate is None else k - truncate
+    batches = _step_batches(inner_batch, k, per_step_batches)
+
+    def objective(p):
+        theta, state, losses = theta0, None, []
+        if frozen_steps:
+            head = None if batches is None else jax.tree.map(lambda x: x[:frozen_steps], batches)
+            theta, state, l0 = inner_solve(problem, jax.lax.stop_gradient(p), theta0,
+                                           inner_batch if head is None else head,
+                                           per_step_batches=head is not None, checkpoint=checkpoint,
+                                           steps=frozen_steps)
+            theta, state = jax.lax.stop_gradient((theta, state))
+            losses.append(l0)
+        tail = None if batches is None else jax.tree.map(lambda x: x[frozen_steps:], batches)
+        theta, _, l1 = inner_solve(problem, p, theta, inner_batch if tail is None else tail,
+                                   per_step_batches=tail is not None, checkpoint=checkpoint,
+                                   steps=k - frozen_steps, opt_state=state)
+        losses.append(l1)
+        loss, metrics = problem.outer_loss(theta, p, outer_batch)
+        return loss, {"outer": metrics, "theta": theta, "inner_losses": jnp.concatenate(losses)}
+
+    (loss, aux), dphi = jax.value_and_grad(objective, has_aux=True)(phi)
+    return loss, dphi, aux
+
+
+def implicit_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any,
+                           outer_batch: Any, *, per_step_batches: bool = False, hessian_batch: Any = None,
+                           solver: Literal["cg", "neumann"] = "cg", iterations: int = 50, tolerance: float = 1e-6,
+                           damping: float = 0.0, neumann_step_size: float = 1.0) -> tuple[jax.Array, Params, dict]:
+    """(F(φ), dF/dφ, aux) by the implicit function theorem at θ_K; aux has the solver's iterations and the
+    relative residual of the linear solve, and the inner gradient norm at θ_K (the theorem assumes it is ~0)."""
+    theta, _, losses = inner_solve(problem, jax.lax.stop_gradient(phi), theta0, inner_batch,
+                                   per_step_batches=per_step_batches)
+    theta = jax.lax.stop_gradient(theta)
+    hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
+    loss, metrics, g_theta, g_phi = _outer(problem, theta, phi, outer_batch)
+
+    grad_in = jax.grad(lambda t: problem.inner_loss(t, phi, hb)[0])
+
+    def hvp(v):
+        return jax.jvp(grad_in, (theta,), (v,))[1]
+
+    if solver == "cg":
+        v, info = conjugate_gradient(hvp, g_theta, max_iterations=iterations, tolerance=tolerance, damping=damping)
+    elif solver == "neumann":
+        v, info = neumann_series(hvp, g_theta, terms=iterations, step_size=neumann_step_size, damping=damping)
+    else:
+        raise ValueError(f"solver must be 'cg' or 'neumann', got {solver!r}")
+    mixed = _mixed_product(problem, theta, phi, hb, v)
+    dphi = jax.tree.map(lambda a, b: a - b, g_phi, mixed)
+    g_in = grad_in(theta)
+    aux = {"outer": metrics, "theta": theta, "inner_losses": losses, "solver_iterations": info.iterations,
+           "solver_residual": info.residual, "inner_grad_norm": jnp.sqrt(tree_vdot(g_in, g_in))}
+    return loss, dphi, aux
+
+
+def first_order_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any,
+                              outer_batch: Any, *, per_step_batches: bool = False, hessian_batch: Any = None,
+                              first_order_scale: float = 1.0) -> tuple[jax.Array, Params, dict]:
+    """(F(φ), dF/dφ ≈ ∂_φ L_out − scale·(∂²_φθ L_in)ᵀ ∇_θ L_out, aux): the inner Hessian replaced by I/scale."""
+    theta, _, losses = inner_solve(problem, jax.lax.stop_gradient(phi), theta0, inner_batch,
+                                   per_step_batches=per_step_batches)
+    theta = jax.lax.stop_gradient(theta)
+    hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
+    loss, metrics, g_theta, g_phi = _outer(problem, theta, phi, outer_batch)
+    mixed = _mixed_product(problem, theta, phi, hb, g_theta)
+    dphi = jax.tree.map(lambda a, b: a - first_order_scale * b, g_phi, mixed)
+    return loss, dphi, {"outer": metrics, "theta": theta, "inner_losses": losses}
+
+
+def hypergradient(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any, outer_batch: Any, *,
+                  method: Method = "unrolled", **options) -> tuple[jax.Array, Params, dict]:
+    """(outer loss F(φ), dF/dφ, aux) by `method`; options go to the method's function (see the module docstring)."""
+    fns = {"unrolled": unrolled_hypergradient, "implicit": implicit_hypergradient,
+           "first_order": first_order_hypergradient}
+    if method not in fns:
+        raise ValueError(f"method must be one of {sorted(fns)}, got {method!r}")
+    return fns[method](problem, phi, theta0, inner_batch, outer_batch, **options)
