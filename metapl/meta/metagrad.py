@@ -1,0 +1,138 @@
+"""One meta-gradient of the reward model over an episode of domains, with the projected inner solver.
+
+For each domain τ of the episode (vmapped; the domains share shapes): rewards r_φ of the support samples; K inner
+steps from θ₀ on the projected loss; the adapted policy's agreement loss on τ's query pairs; its hypergradient
+with respect to the rewards (unrolled, implicit or first-order, `metapl.bilevel`). Then
+
+    dL/dφ = (1/E) Σ_τ (∂r_τ/∂φ)ᵀ dL_τ/dr_τ  +  λ ∇_φ BT(r_φ; query pairs of all domains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metapl.bilevel import BilevelProblem, hypergradient, tree_vdot
+from metapl.meta.objectives import (
+    agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_pair_loss, sample_rewards,
+)
+from metapl.models.config import ModelConfig
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """The bilevel problem and how its hypergradient is computed.
+
+    beta: inner KL weight (the projected weights are softmax(r/β)); beta_out: outer DPO temperature β_o;
+    inner_steps K and the inner optimiser (`inner_optimizer` "sgd" or "adam", `inner_lr`); method and its
+    options (`checkpoint`, `truncate` for unrolled; `solver`, `solver_iterations`, `damping` for implicit;
+    `first_order_scale`); bt_weight λ of the Bradley–Terry term on the query pairs; prox ρ of the proximal term
+    (ρ/2)‖θ − θ₀‖² in the inner loss (give one > 0 with the implicit method).
+    """
+
+    beta: float = 0.1
+    beta_out: float = 0.1
+    inner_steps: int = 4
+    inner_optimizer: Literal["sgd", "adam"] = "sgd"
+    inner_lr: float = 1e-2
+    method: Literal["unrolled", "implicit", "first_order"] = "unrolled"
+    checkpoint: bool = False
+    truncate: int | None = None
+    solver: Literal["cg", "neumann"] = "cg"
+    solver_iterations: int = 20
+    damping: float = 0.0
+    first_order_scale: float = 1.0
+    bt_weight: float = 0.0
+    prox: float = 0.0
+
+    def __post_init__(self):
+        if self.inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {self.inner_optimizer!r}")
+        if self.method not in ("unrolled", "implicit", "first_order"):
+            raise ValueError(f"method must be unrolled, implicit or first_order, got {self.method!r}")
+        if self.beta <= 0 or self.beta_out <= 0:
+            raise ValueError("beta and beta_out must be > 0")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        if self.inner_optimizer == "sgd":
+            return optax.sgd(self.inner_lr)
+        # eps_root keeps the derivative of sqrt(ν) finite where a gradient is exactly zero (unrolled Adam).
+        return optax.adam(self.inner_lr, eps_root=1e-16)
+
+    def method_options(self) -> dict:
+        if self.method == "unrolled":
+            return {"checkpoint": self.checkpoint, "truncate": self.truncate}
+        if self.method == "implicit":
+            return {"solver": self.solver, "iterations": self.solver_iterations, "damping": self.damping,
+                    "neumann_step_size": self.inner_lr}
+        return {"first_order_scale": self.first_order_scale}
+
+
+def domain_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params | None, theta0: Params
+                   ) -> BilevelProblem:
+    """The per-domain bilevel problem, meta-parameter = the support samples' rewards [P, N]."""
+    inner = functools.partial(projected_inner_loss, config=policy_config, base=base, beta=cfg.beta, prox=cfg.prox,
+                              theta0=theta0)
+    outer = functools.partial(agreement_outer_loss, config=policy_config, base=base, beta_out=cfg.beta_out)
+    return BilevelProblem(inner, outer, cfg.optimizer(), cfg.inner_steps)
+
+
+def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelConfig, query: dict) -> dict:
+    """The query pairs [..., Q, T] with ref_chosen_logps / ref_rejected_logps [..., Q] under θ₀ (no gradient)."""
+    def lp(side):
+        tokens = query[f"{side}_tokens"]
+        t = tokens.shape[-1]
+        flat = lambda k: query[f"{side}_{k}"].reshape(-1, t)  # noqa: E731
+        out = policy_logprobs(theta0, base, config, flat("tokens"), flat("attention_mask"), flat("response_mask"))
+        return jax.lax.stop_gradient(out.reshape(tokens.shape[:-1]))
+
+    return dict(query, ref_chosen_logps=lp("chosen"), ref_rejected_logps=lp("rejected"))
+
+
+def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *,
+                  cfg: MetaConfig, policy_config: ModelConfig, reward_config: ModelConfig
+                  ) -> tuple[jax.Array, Params, dict]:
+    """(meta loss, dL/dφ, metrics) over an episode of E domains.
+
+    support: tokens, attention_mask, response_mask [E, P, N, T] (N reference samples per support prompt);
+    query: chosen_/rejected_ tokens, attention_mask, response_mask [E, Q, T]. θ₀: the policy's starting
+    trainable parameters (LoRA adapters over `base`, or full params with base None), shared by all domains.
+    """
+    e = support["tokens"].shape[0]
+    query = with_reference_logprobs(theta0, base, policy_config, query)
+    rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(p, reward_config, support), phi)  # [E, P, N]
+    problem = domain_problem(cfg, policy_config, base, theta0)
+
+    def per_domain(r, s, q):
+        return hypergradient(problem, r, theta0, s, q, method=cfg.method, **cfg.method_options())
+
+    losses, d_rewards, aux = jax.vmap(per_domain)(rewards, support, query)
+    (dphi,) = reward_vjp(d_rewards / e)
+    loss = jnp.mean(losses)
+    metrics = {
+        "outer_loss": loss,
+        "query_accuracy": aux["outer"]["query_accuracy"],  # [E]
+        "implicit_margin": jnp.mean(aux["outer"]["implicit_margin"]),
+        "inner_loss_first": jnp.mean(aux["inner_losses"][:, 0]),
+        "inner_loss_last": jnp.mean(aux["inner_losses"][:, -1]),
+        "reward_std": jnp.mean(jnp.std(rewards, axis=-1)),
+    }
+    if cfg.method == "implicit":
+        metrics.update(solver_residual=jnp.max(aux["solver_residual"]),
+                       inner_grad_norm=jnp.max(aux["inner_grad_norm"]))
+    if cfg.bt_weight:
+        pooled = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), query)
+        (bt, bt_metrics), bt_grad = jax.value_and_grad(reward_pair_loss, has_aux=True)(phi, reward_config, pooled)
+        dphi = jax.tree.map(lambda a, b: a + cfg.bt_weight * b, dphi, bt_grad)
+        loss = loss + cfg.bt_weight * bt
+        metrics.update(bt_loss=bt, bt_accuracy=bt_metrics["accuracy"])
+    metrics["meta_loss"] = loss
+    metrics["hypergrad_norm"] = jnp.sqrt(tree_vdot(dphi, dphi))
+    return loss, dphi, metrics

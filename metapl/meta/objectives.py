@@ -1,0 +1,93 @@
+"""The losses of the meta-learned reward model's bilevel problem (DESIGN.md, "Bilevel formulation").
+
+Notation: θ the policy's trainable parameters (LoRA adapters over frozen `base` params, or full weights when
+`base` is None); φ the reward model; β the inner KL weight; β_o the outer temperature;
+h_θ(x, y) = log π_θ(y|x) − log π_ref(y|x), summed over response tokens.
+
+* `projected_inner_loss(θ, rewards, batch)`: with N reference samples y_i ~ π_ref(·|x) per support prompt,
+  −(1/P) Σ_x Σ_i softmax_i(r(x, y_i)/β) · log π_θ(y_i|x). Its minimiser is the projection of
+  π* ∝ π_ref exp(r/β) on the samples. It takes the rewards r_φ(x, y_i) [P, N] as its meta-parameter rather than φ
+  itself: they do not change during the inner steps, so they are computed once, and dF/dφ = (∂r/∂φ)ᵀ dF/dr
+  (`reward_vjp`).
+* `agreement_outer_loss(θ, _, batch)`: the adapted policy's DPO loss on the domain's query pairs,
+  mean −log σ(β_o (h_θ(y_w) − h_θ(y_l))), with the reference log-probs precomputed in the batch.
+* `onpolicy_inner_loss`: lives with the on-policy solver (`metapl.meta.solvers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from metapl.losses.preference import bradley_terry_loss
+from metapl.models import reward as reward_model
+from metapl.models.config import ModelConfig
+from metapl.models.logprobs import sequence_logprobs
+
+Params = Any
+
+
+def policy_logprobs(theta: Params, base: Params | None, config: ModelConfig, tokens: jax.Array,
+                    attention_mask: jax.Array, response_mask: jax.Array) -> jax.Array:
+    """Summed response log-probs [B] of tokens [B, T]: θ are LoRA adapters over `base`, or full params if base is
+    None."""
+    params, lora = (theta, None) if base is None else (base, theta)
+    return sequence_logprobs(params, config, tokens, response_mask, attention_mask=attention_mask, lora=lora)[1]
+
+
+def projected_inner_loss(theta: Params, rewards: jax.Array, batch: dict, *, config: ModelConfig,
+                         base: Params | None, beta: float, prox: float = 0.0, theta0: Params | None = None
+                         ) -> tuple[jax.Array, dict]:
+    """Reward-weighted likelihood of reference samples (see module docstring), plus (prox/2)·‖θ − θ₀‖².
+
+    batch: tokens, attention_mask, response_mask [P, N, T] (N samples per prompt); rewards [P, N]. The proximal
+    term gives the inner problem a stationary point near θ₀ that the implicit hypergradient assumes (the
+    likelihood of a finite sample set alone has none a flexible policy reaches).
+    """
+    p, n, t = batch["tokens"].shape
+    chex.assert_shape(rewards, (p, n))
+    flat = lambda k: batch[k].reshape(p * n, t)  # noqa: E731
+    logp = policy_logprobs(theta, base, config, flat("tokens"), flat("attention_mask"), flat("response_mask"))
+    weights = jax.nn.softmax(rewards / beta, axis=-1)
+    loss = -jnp.sum(weights * logp.reshape(p, n)) / p
+    ess = 1.0 / jnp.sum(weights ** 2, axis=-1)  # effective sample size per prompt, in [1, N]
+    metrics = {"weighted_nll": loss, "effective_samples": jnp.mean(ess)}
+    if prox:
+        if theta0 is None:
+            raise ValueError("prox > 0 needs theta0")
+        dist = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta, theta0)
+        loss = loss + 0.5 * prox * sum(jax.tree.leaves(dist))
+    return loss, dict(metrics, inner_loss=loss)
+
+
+def agreement_outer_loss(theta: Params, _unused: Any, batch: dict, *, config: ModelConfig, base: Params | None,
+                         beta_out: float) -> tuple[jax.Array, dict]:
+    """DPO-style agreement of the adapted policy with preference pairs.
+
+    batch: chosen_/rejected_ tokens, attention_mask, response_mask [Q, T]; ref_chosen_logps, ref_rejected_logps [Q].
+    """
+    lp_w = policy_logprobs(theta, base, config, batch["chosen_tokens"], batch["chosen_attention_mask"],
+                           batch["chosen_response_mask"])
+    lp_l = policy_logprobs(theta, base, config, batch["rejected_tokens"], batch["rejected_attention_mask"],
+                           batch["rejected_response_mask"])
+    margin = (lp_w - batch["ref_chosen_logps"]) - (lp_l - batch["ref_rejected_logps"])
+    loss = jnp.mean(jax.nn.softplus(-beta_out * margin))
+    return loss, {"outer_loss": loss, "query_accuracy": jnp.mean(margin > 0), "implicit_margin": jnp.mean(margin)}
+
+
+def sample_rewards(phi: Params, config: ModelConfig, batch: dict) -> jax.Array:
+    """r_φ [..., N] of sample tokens [..., N, T] (any leading axes, e.g. domains and prompts)."""
+    tokens, mask = batch["tokens"], batch["attention_mask"]
+    lead, t = tokens.shape[:-1], tokens.shape[-1]
+    r = reward_model(phi, config, tokens.reshape(-1, t), mask.reshape(-1, t))
+    return r.reshape(lead)
+
+
+def reward_pair_loss(phi: Params, config: ModelConfig, batch: dict) -> tuple[jax.Array, dict]:
+    """Bradley–Terry loss of r_φ on pairs [Q, T] (the optional λ·BT term of the outer loss)."""
+    r_w = reward_model(phi, config, batch["chosen_tokens"], batch["chosen_attention_mask"])
+    r_l = reward_model(phi, config, batch["rejected_tokens"], batch["rejected_attention_mask"])
+    return bradley_terry_loss(r_w, r_l)
