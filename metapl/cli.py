@@ -110,6 +110,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_meta_test(args: argparse.Namespace) -> int:
+    from metapl.meta.evaluate import MetaTestConfig, meta_test
+    from metapl.runtime import enable_compile_cache
+
+    enable_compile_cache()
+    test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
+                          steps=args.steps, lr=args.lr, beta=args.beta, prox=args.prox, seed=args.seed)
+    result = meta_test(args.run, args.domains, test, progress=not args.no_progress)
+    keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "rm_pair_accuracy")
+    print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"],
+                      **{k: result[k] for k in keys}}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapl", description="Preference learning with language models (JAX/Flax).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,13 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train with one algorithm",
                        description="Train with ALGO. A run directory receives config.yaml, metrics.jsonl, "
                        "TensorBoard events and checkpoints; --resume continues it.")
-    t.add_argument("algo", help="rm, dpo, ipo, tree-rm, mle-filter, rwr, dt, srpo, rloo or ppo")
+    t.add_argument("algo", help="rm, dpo, ipo, tree-rm, mle-filter, rwr, dt, srpo, rloo, ppo or meta")
     t.add_argument("--config", help="a YAML file of RunConfig fields (see experiments/configs/)")
     t.add_argument("--run-dir", required=True, help="where the run writes (must not hold a run unless --resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir (may raise `steps`)")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.learning_rate=1e-4")
     t.set_defaults(func=_cmd_train)
+
+    m = sub.add_parser("meta-test", help="policy optimisation guided by a trained reward model on unseen domains",
+                       description="Freeze the reward model of a `train meta` or `train rm` run, optimise the "
+                       "reference policy against it on each test domain (projected solver) and score both policies "
+                       "with the gold judge. Writes meta_test_<domains>.json and .md into the run directory.")
+    m.add_argument("--run", required=True, help="a run directory of `metapl train meta` or `metapl train rm`")
+    m.add_argument("--domains", default="heldout", choices=("heldout", "train"))
+    m.add_argument("--prompts", type=_positive_int, default=16, help="optimisation prompts per domain")
+    m.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
+    m.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")
+    m.add_argument("--steps", type=_positive_int, default=None, help="solver steps (default: the run's inner steps)")
+    m.add_argument("--lr", type=float, default=None, help="solver learning rate (default: the run's)")
+    m.add_argument("--beta", type=float, default=None, help="KL weight β (default: the run's)")
+    m.add_argument("--prox", type=float, default=None, help="proximal weight (default: the run's)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_cmd_meta_test)
     return parser
 
 

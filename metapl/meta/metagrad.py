@@ -19,7 +19,7 @@ import optax
 
 from metapl.bilevel import BilevelProblem, hypergradient, tree_vdot
 from metapl.meta.objectives import (
-    agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_pair_loss, sample_rewards,
+    RewardFn, agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_pair_loss, sample_rewards,
 )
 from metapl.models.config import ModelConfig
 
@@ -97,17 +97,18 @@ def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelCo
 
 
 def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *,
-                  cfg: MetaConfig, policy_config: ModelConfig, reward_config: ModelConfig
+                  cfg: MetaConfig, policy_config: ModelConfig, reward_fn: RewardFn
                   ) -> tuple[jax.Array, Params, dict]:
     """(meta loss, dL/dφ, metrics) over an episode of E domains.
 
     support: tokens, attention_mask, response_mask [E, P, N, T] (N reference samples per support prompt);
-    query: chosen_/rejected_ tokens, attention_mask, response_mask [E, Q, T]. θ₀: the policy's starting
+    query: chosen_/rejected_ tokens, attention_mask, response_mask [E, Q, T]; reward_fn: r_φ (see
+    `objectives.reward_function`). θ₀: the policy's starting
     trainable parameters (LoRA adapters over `base`, or full params with base None), shared by all domains.
     """
     e = support["tokens"].shape[0]
     query = with_reference_logprobs(theta0, base, policy_config, query)
-    rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(p, reward_config, support), phi)  # [E, P, N]
+    rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(reward_fn, p, support), phi)  # [E, P, N]
     problem = domain_problem(cfg, policy_config, base, theta0)
 
     def per_domain(r, s, q):
@@ -129,7 +130,8 @@ def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dic
                        inner_grad_norm=jnp.max(aux["inner_grad_norm"]))
     if cfg.bt_weight:
         pooled = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), query)
-        (bt, bt_metrics), bt_grad = jax.value_and_grad(reward_pair_loss, has_aux=True)(phi, reward_config, pooled)
+        bt_fn = lambda p: reward_pair_loss(reward_fn, p, pooled)  # noqa: E731
+        (bt, bt_metrics), bt_grad = jax.value_and_grad(bt_fn, has_aux=True)(phi)
         dphi = jax.tree.map(lambda a, b: a + cfg.bt_weight * b, dphi, bt_grad)
         loss = loss + cfg.bt_weight * bt
         metrics.update(bt_loss=bt, bt_accuracy=bt_metrics["accuracy"])

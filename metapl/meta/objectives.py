@@ -16,7 +16,7 @@ h_θ(x, y) = log π_θ(y|x) − log π_ref(y|x), summed over response tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import chex
 import jax
@@ -78,16 +78,27 @@ def agreement_outer_loss(theta: Params, _unused: Any, batch: dict, *, config: Mo
     return loss, {"outer_loss": loss, "query_accuracy": jnp.mean(margin > 0), "implicit_margin": jnp.mean(margin)}
 
 
-def sample_rewards(phi: Params, config: ModelConfig, batch: dict) -> jax.Array:
+RewardFn = Callable[[Params, jax.Array, jax.Array], jax.Array]  # (φ, tokens [B, T], attention_mask [B, T]) -> [B]
+
+
+def reward_function(config: ModelConfig, frozen: Params | None = None) -> RewardFn:
+    """r_φ as a function of φ: with `frozen` None, φ is a whole reward model (`init_head_params`); else φ is
+    {"lora": adapters, "head": scalar head} over the frozen backbone `frozen` (a head-model tree)."""
+    if frozen is None:
+        return lambda phi, tokens, mask: reward_model(phi, config, tokens, mask)
+    return lambda phi, tokens, mask: reward_model(dict(frozen, head=phi["head"]), config, tokens, mask,
+                                                  lora=phi["lora"])
+
+
+def sample_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> jax.Array:
     """r_φ [..., N] of sample tokens [..., N, T] (any leading axes, e.g. domains and prompts)."""
     tokens, mask = batch["tokens"], batch["attention_mask"]
     lead, t = tokens.shape[:-1], tokens.shape[-1]
-    r = reward_model(phi, config, tokens.reshape(-1, t), mask.reshape(-1, t))
-    return r.reshape(lead)
+    return reward_fn(phi, tokens.reshape(-1, t), mask.reshape(-1, t)).reshape(lead)
 
 
-def reward_pair_loss(phi: Params, config: ModelConfig, batch: dict) -> tuple[jax.Array, dict]:
+def reward_pair_loss(reward_fn: RewardFn, phi: Params, batch: dict) -> tuple[jax.Array, dict]:
     """Bradley–Terry loss of r_φ on pairs [Q, T] (the optional λ·BT term of the outer loss)."""
-    r_w = reward_model(phi, config, batch["chosen_tokens"], batch["chosen_attention_mask"])
-    r_l = reward_model(phi, config, batch["rejected_tokens"], batch["rejected_attention_mask"])
+    r_w = reward_fn(phi, batch["chosen_tokens"], batch["chosen_attention_mask"])
+    r_l = reward_fn(phi, batch["rejected_tokens"], batch["rejected_attention_mask"])
     return bradley_terry_loss(r_w, r_l)

@@ -705,6 +705,7 @@ ALGORITHMS: dict[str, Callable[[RunConfig], Setup]] = {
     "srpo": setup_srpo,
     "rloo": setup_rloo,
     "ppo": setup_ppo,
+    "meta": lambda cfg: __import__("metapl.meta.train", fromlist=["setup_meta"]).setup_meta(cfg),
 }
 
 

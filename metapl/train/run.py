@@ -72,6 +72,7 @@ class RunConfig:
     precompute_reference: bool = False  # dpo/ipo: reference log-probs of every training pair computed once
     offline: dict = dataclasses.field(default_factory=dict)  # mle-filter/rwr/dt options (see algorithms.py)
     ppo: dict = dataclasses.field(default_factory=dict)  # ppo rollout options (see algorithms.PPO_DEFAULTS)
+    meta: dict = dataclasses.field(default_factory=dict)  # meta: MetaConfig, EpisodeConfig and sample options
     steps: int = 200
     accumulation_steps: int = 1
     log_every: int = 10

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metapl.meta import MetaConfig, agreement_outer_loss, meta_gradient, policy_logprobs, projected_inner_loss
+from metapl.meta import (
+    MetaConfig, agreement_outer_loss, meta_gradient, policy_logprobs, projected_inner_loss, reward_function,
+)
 from metapl.models import LoraConfig, init_head_params, init_lora, init_params, tiny
 from metapl.bilevel import tree_vdot
 from tests.finite_diff import x64
@@ -51,7 +53,8 @@ def run(cfg, seed=0, domains=None):
     pcfg, rcfg, base, theta0, phi, support, query = setup(seed)
     if domains is not None:
         support, query = (jax.tree.map(lambda x: x[domains], b) for b in (support, query))
-    fn = jax.jit(functools.partial(meta_gradient, cfg=cfg, policy_config=pcfg, reward_config=rcfg))
+    fn = jax.jit(functools.partial(meta_gradient, cfg=cfg, policy_config=pcfg,
+                                           reward_fn=reward_function(rcfg)))
     return fn, phi, (theta0, base, support, query)
 
 

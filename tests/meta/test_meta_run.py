@@ -1,0 +1,95 @@
+"""`metapl train meta` on synthetic_domains: a run directory with the meta metrics, exact resume, config errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from metapl.config import ConfigError
+from metapl.train.run import _checkpointer, prepare_run_dir, read_metrics, train
+
+TINY = ["algo=meta", "data.synthetic.num_domains=12", "data.synthetic.num_heldout=6", "model.hidden_size=16",
+        "model.num_layers=1", "data.synthetic.pairs_per_domain=16", "log_every=2", "eval_every=1000",
+        "checkpoint_every=2", "optim.learning_rate=1e-3", "meta.inner_steps=2", "meta.inner_lr=0.05",
+        "meta.domains_per_episode=2", "meta.support_prompts=2", "meta.query_pairs=2", "meta.samples_per_prompt=2",
+        "meta.support_pool=4", "meta.feedback_budget=8"]
+
+
+def _run(tmp_path, name, overrides, resume=False):
+    run_dir = tmp_path / name
+    cfg = prepare_run_dir(run_dir, None, TINY + overrides, resume)
+    return run_dir, train(run_dir, cfg, resume=resume, progress=False)
+
+
+@pytest.mark.parametrize("extra", [[], ["model.lora_rank=2", "meta.method=implicit", "meta.prox=1.0"]])
+def test_meta_run_resumes_exactly(tmp_path, extra):
+    straight, final = _run(tmp_path, "straight", ["steps=4"] + extra)
+    _run(tmp_path, "half", ["steps=2"] + extra)
+    resumed, _ = _run(tmp_path, "half", ["steps=4"] + extra, resume=True)
+    a, b = read_metrics(straight, "train"), read_metrics(resumed, "train")
+    assert [r["step"] for r in a] == [2, 4] and [r["step"] for r in b] == [2, 4]
+    for key in ("outer_loss", "hypergrad_norm", "query_accuracy", "inner_loss_first", "inner_loss_last"):
+        assert np.isfinite(a[-1][key]), key
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-5), key
+    assert a[-1]["grad_norm"] == pytest.approx(a[-1]["hypergrad_norm"], rel=1e-5)  # the surrogate's gradient
+    assert 0.0 <= final["pair_accuracy"] <= 1.0 and np.isfinite(final["eval_outer_loss"])
+    restore = lambda d: _checkpointer(d).restore(4)["state"]  # noqa: E731
+    for x, y in zip(jax.tree.leaves(restore(straight)), jax.tree.leaves(restore(resumed))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+def test_meta_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="meta: unknown option"):
+        _run(tmp_path, "bad", ["steps=1", "meta.inner_stepz=3"])
+    with pytest.raises(ConfigError, match="method must be"):
+        _run(tmp_path, "bad2", ["steps=1", "meta.method=newton"])
+
+
+def test_meta_test_of_an_rm_run_and_a_meta_run(tmp_path, capsys):
+    from metapl.cli import main
+    from metapl.meta.evaluate import MetaTestConfig, meta_test
+
+    common = TINY[1:] + ["steps=2"]
+    rm_dir = tmp_path / "rm"
+    train(rm_dir, prepare_run_dir(rm_dir, None, ["algo=rm"] + common, False), progress=False)
+    test = MetaTestConfig(prompts=2, eval_prompts=4, samples_per_prompt=2, bootstrap=200)
+    result = meta_test(rm_dir, "heldout", test, progress=False)
+    assert result["domains"] == 6 and len(result["per_domain"]) == 6
+    assert result["solver"]["steps"] == 4  # MetaConfig's default inner problem for an rm run
+    for key in ("gold_adapted", "gold_reference", "gold_gain", "win_rate", "rm_pair_accuracy"):
+        lo, hi = result[key]["ci95"]
+        assert lo <= result[key]["mean"] <= hi, key
+    assert (rm_dir / "meta_test_heldout.json").is_file() and (rm_dir / "meta_test_heldout.md").is_file()
+
+    meta_dir = tmp_path / "meta"
+    train(meta_dir, prepare_run_dir(meta_dir, None, TINY + ["steps=2"], False), progress=False)
+    assert main(["meta-test", "--run", str(meta_dir), "--domains", "train", "--prompts", "2", "--eval-prompts", "4",
+                 "--samples", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert '"split": "train"' in out and '"domains": 6' in out
+    assert json_steps(meta_dir / "meta_test_train.json") == 2  # the run's inner steps
+
+
+def json_steps(path):
+    import json
+
+    return json.loads(path.read_text())["solver"]["steps"]
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    from metapl.meta.evaluate import bootstrap_interval
+
+    assert bootstrap_interval(np.full(5, 0.3), 100, 0) == pytest.approx((0.3, 0.3))
+    v = np.random.default_rng(0).normal(size=200)
+    lo, hi = bootstrap_interval(v, 2000, 0)
+    se = v.std(ddof=1) / np.sqrt(len(v))  # the normal-theory interval, for comparison
+    assert lo < v.mean() < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def test_meta_test_refuses_other_runs(tmp_path):
+    from metapl.meta.evaluate import meta_test
+
+    d = tmp_path / "dpo"
+    train(d, prepare_run_dir(d, None, ["algo=dpo"] + TINY[1:] + ["steps=1"], False), progress=False)
+    with pytest.raises(ConfigError, match="needs a `meta` or `rm` run"):
+        meta_test(d, progress=False)
