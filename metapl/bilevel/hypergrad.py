@@ -46,16 +46,29 @@ Method = Literal["unrolled", "implicit", "first_order"]
 @dataclasses.dataclass(frozen=True)
 class BilevelProblem:
     """inner_loss(θ, φ, batch) is minimised over θ by `steps` updates of `inner_optimizer`; outer_loss(θ, φ, batch)
-    is evaluated at the result. Both return (loss, metrics)."""
+    is evaluated at the result. Both return (loss, metrics).
+
+    inner_grad (optional): (θ, φ, batch) -> (loss, ∇_θ) to use instead of `jax.value_and_grad(inner_loss)`. The
+    inner update is then θ ← θ − η·inner_grad, and every method differentiates *that* field (its Jacobian in θ is
+    the Hessian, its φ-derivative the mixed term). Needed when the update is not the exact gradient of a loss one
+    can write without `stop_gradient`, e.g. a policy-gradient estimate whose advantages depend on θ.
+    """
 
     inner_loss: Loss
     outer_loss: Loss
     inner_optimizer: optax.GradientTransformation
     steps: int
+    inner_grad: Callable[[Params, Params, Any], tuple[jax.Array, Params]] | None = None
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"BilevelProblem.steps must be >= 1, got {self.steps}")
+
+    def value_and_grad(self, theta: Params, phi: Params, batch: Any) -> tuple[jax.Array, Params]:
+        """(inner loss, the inner update direction ∇_θ) at θ."""
+        if self.inner_grad is not None:
+            return self.inner_grad(theta, phi, batch)
+        return jax.value_and_grad(lambda t: self.inner_loss(t, phi, batch)[0])(theta)
 
 
 def _step_batches(batch: Any, steps: int, per_step: bool) -> Any:
@@ -81,7 +94,7 @@ def inner_solve(problem: BilevelProblem, phi: Params, theta0: Params, inner_batc
     """
     k = problem.steps if steps is None else steps
     batches = _step_batches(inner_batch, k, per_step_batches)
-    grad_fn = jax.value_and_grad(lambda t, b: problem.inner_loss(t, phi, b)[0])
+    grad_fn = lambda t, b: problem.value_and_grad(t, phi, b)  # noqa: E731
 
     def step(carry, b):
         theta, state = carry
@@ -107,7 +120,7 @@ def _mixed_product(problem: BilevelProblem, theta: Params, phi: Params, batch: A
     v = jax.lax.stop_gradient(v)
 
     def inner_dot(p):
-        g = jax.grad(lambda t: problem.inner_loss(t, p, batch)[0])(theta)
+        g = problem.value_and_grad(theta, p, batch)[1]
         return tree_vdot(g, v)
 
     return jax.grad(inner_dot)(phi)
@@ -157,7 +170,7 @@ def implicit_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params,
     hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
     loss, metrics, g_theta, g_phi = _outer(problem, theta, phi, outer_batch)
 
-    grad_in = jax.grad(lambda t: problem.inner_loss(t, phi, hb)[0])
+    grad_in = lambda t: problem.value_and_grad(t, phi, hb)[1]  # noqa: E731
 
     def hvp(v):
         return jax.jvp(grad_in, (theta,), (v,))[1]

@@ -19,7 +19,8 @@ import optax
 
 from metapl.bilevel import BilevelProblem, hypergradient, tree_vdot
 from metapl.meta.objectives import (
-    RewardFn, agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_pair_loss, sample_rewards,
+    RewardFn, agreement_outer_loss, onpolicy_inner_grad, policy_logprobs, projected_inner_loss, reward_pair_loss,
+    sample_rewards,
 )
 from metapl.models.config import ModelConfig
 
@@ -34,7 +35,9 @@ class MetaConfig:
     inner_steps K and the inner optimiser (`inner_optimizer` "sgd" or "adam", `inner_lr`); method and its
     options (`checkpoint`, `truncate` for unrolled; `solver`, `solver_iterations`, `damping` for implicit;
     `first_order_scale`); bt_weight λ of the Bradley–Terry term on the query pairs; prox ρ of the proximal term
-    (ρ/2)‖θ − θ₀‖² in the inner loss (give one > 0 with the implicit method).
+    (ρ/2)‖θ − θ₀‖² in the inner loss (give one > 0 with the implicit method); inner_solver "projected"
+    (reference samples, reward-weighted likelihood) or "onpolicy" (`onpolicy_samples` samples per prompt from
+    the current policy at every inner step, RLOO with the KL-shaped reward).
     """
 
     beta: float = 0.1
@@ -51,12 +54,16 @@ class MetaConfig:
     first_order_scale: float = 1.0
     bt_weight: float = 0.0
     prox: float = 0.0
+    inner_solver: Literal["projected", "onpolicy"] = "projected"
+    onpolicy_samples: int = 4
 
     def __post_init__(self):
         if self.inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {self.inner_optimizer!r}")
         if self.method not in ("unrolled", "implicit", "first_order"):
             raise ValueError(f"method must be unrolled, implicit or first_order, got {self.method!r}")
+        if self.inner_solver not in ("projected", "onpolicy"):
+            raise ValueError(f"inner_solver must be 'projected' or 'onpolicy', got {self.inner_solver!r}")
         if self.beta <= 0 or self.beta_out <= 0:
             raise ValueError("beta and beta_out must be > 0")
 
@@ -84,6 +91,19 @@ def domain_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params | N
     return BilevelProblem(inner, outer, cfg.optimizer(), cfg.inner_steps)
 
 
+def onpolicy_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params | None, theta0: Params,
+                     reward_fn: RewardFn, onpolicy: dict | None) -> BilevelProblem:
+    """The per-domain bilevel problem of the on-policy solver, meta-parameter = φ."""
+    if not onpolicy or set(onpolicy) != {"max_new_tokens", "eos_id", "pad_id"}:
+        raise ValueError("the on-policy solver needs onpolicy={'max_new_tokens', 'eos_id', 'pad_id'}")
+    inner_grad = functools.partial(onpolicy_inner_grad, config=policy_config, base=base, theta0=theta0,
+                                   reward_fn=reward_fn, beta=cfg.beta, samples=cfg.onpolicy_samples, prox=cfg.prox,
+                                   **onpolicy)
+    outer = functools.partial(agreement_outer_loss, config=policy_config, base=base, beta_out=cfg.beta_out)
+    inner_loss = lambda t, p, b: (inner_grad(t, p, b)[0], {})  # noqa: E731
+    return BilevelProblem(inner_loss, outer, cfg.optimizer(), cfg.inner_steps, inner_grad=inner_grad)
+
+
 def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelConfig, query: dict) -> dict:
     """The query pairs [..., Q, T] with ref_chosen_logps / ref_rejected_logps [..., Q] under θ₀ (no gradient)."""
     def lp(side):
@@ -97,25 +117,44 @@ def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelCo
 
 
 def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *,
-                  cfg: MetaConfig, policy_config: ModelConfig, reward_fn: RewardFn
-                  ) -> tuple[jax.Array, Params, dict]:
+                  cfg: MetaConfig, policy_config: ModelConfig, reward_fn: RewardFn, key: jax.Array | None = None,
+                  onpolicy: dict | None = None) -> tuple[jax.Array, Params, dict]:
     """(meta loss, dL/dφ, metrics) over an episode of E domains.
 
     support: tokens, attention_mask, response_mask [E, P, N, T] (N reference samples per support prompt);
     query: chosen_/rejected_ tokens, attention_mask, response_mask [E, Q, T]; reward_fn: r_φ (see
     `objectives.reward_function`). θ₀: the policy's starting
     trainable parameters (LoRA adapters over `base`, or full params with base None), shared by all domains.
+    The on-policy solver also needs support["prompt_tokens"/"prompt_mask"] [E, P, Tp], a PRNG `key`, and
+    `onpolicy` = {"max_new_tokens", "eos_id", "pad_id"}.
     """
     e = support["tokens"].shape[0]
     query = with_reference_logprobs(theta0, base, policy_config, query)
-    rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(reward_fn, p, support), phi)  # [E, P, N]
-    problem = domain_problem(cfg, policy_config, base, theta0)
+    if cfg.inner_solver == "projected":
+        rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(reward_fn, p, support), phi)  # [E, P, N]
+        problem = domain_problem(cfg, policy_config, base, theta0)
 
-    def per_domain(r, s, q):
-        return hypergradient(problem, r, theta0, s, q, method=cfg.method, **cfg.method_options())
+        def per_domain(r, s, q):
+            return hypergradient(problem, r, theta0, s, q, method=cfg.method, **cfg.method_options())
 
-    losses, d_rewards, aux = jax.vmap(per_domain)(rewards, support, query)
-    (dphi,) = reward_vjp(d_rewards / e)
+        losses, d_rewards, aux = jax.vmap(per_domain)(rewards, support, query)
+        (dphi,) = reward_vjp(d_rewards / e)
+    else:
+        if key is None:
+            raise ValueError("the on-policy solver needs a PRNG key")
+        rewards = jax.lax.stop_gradient(sample_rewards(reward_fn, phi, support))  # reported only
+        problem = onpolicy_problem(cfg, policy_config, base, theta0, reward_fn, onpolicy)
+        keys = jax.random.split(key, e * cfg.inner_steps).reshape(e, cfg.inner_steps, -1)
+
+        def per_domain(s, q, k):
+            every_step = lambda x: jnp.broadcast_to(x, (cfg.inner_steps, *x.shape))  # noqa: E731
+            steps = {"prompt_tokens": every_step(s["prompt_tokens"]), "prompt_mask": every_step(s["prompt_mask"]),
+                     "key": k}
+            return hypergradient(problem, phi, theta0, steps, q, method=cfg.method, per_step_batches=True,
+                                 **cfg.method_options())
+
+        losses, dphis, aux = jax.vmap(per_domain)(support, query, keys)
+        dphi = jax.tree.map(lambda x: jnp.mean(x, axis=0), dphis)
     loss = jnp.mean(losses)
     metrics = {
         "outer_loss": loss,

@@ -11,7 +11,12 @@ h_θ(x, y) = log π_θ(y|x) − log π_ref(y|x), summed over response tokens.
   (`reward_vjp`).
 * `agreement_outer_loss(θ, _, batch)`: the adapted policy's DPO loss on the domain's query pairs,
   mean −log σ(β_o (h_θ(y_w) − h_θ(y_l))), with the reference log-probs precomputed in the batch.
-* `onpolicy_inner_loss`: lives with the on-policy solver (`metapl.meta.solvers`).
+* `onpolicy_inner_grad(θ, φ, batch)`: k samples per prompt from the current policy (drawn under
+  `stop_gradient`), the KL-shaped reward r_φ(x, y) − β·h_θ(x, y) and a leave-one-out baseline A; the update
+  direction is the REINFORCE estimate −mean(A ∇_θ log π_θ(y|x)), given to the bilevel problem as its inner
+  gradient field (a loss whose autodiff gradient it is would need `stop_gradient` on A, which would also cut
+  A's θ-dependence out of the second-order terms). φ enters through A. Here φ itself is the meta-parameter:
+  the samples change at every inner step.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from metapl.losses.policy_gradient import leave_one_out_advantages
 from metapl.losses.preference import bradley_terry_loss
+from metapl.models import SamplingConfig, generate_traced
 from metapl.models import reward as reward_model
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
@@ -61,6 +68,38 @@ def projected_inner_loss(theta: Params, rewards: jax.Array, batch: dict, *, conf
         dist = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta, theta0)
         loss = loss + 0.5 * prox * sum(jax.tree.leaves(dist))
     return loss, dict(metrics, inner_loss=loss)
+
+
+def onpolicy_inner_grad(theta: Params, phi: Params, batch: dict, *, config: ModelConfig, base: Params | None,
+                        theta0: Params, reward_fn: "RewardFn", beta: float, samples: int, max_new_tokens: int,
+                        eos_id: int, pad_id: int, prox: float = 0.0) -> tuple[jax.Array, Params]:
+    """(surrogate loss, policy-gradient estimate) of the on-policy solver (see module docstring).
+
+    The estimate is −(1/n) Σ_i A_i ∇_θ log π_θ(y_i|x), A the leave-one-out advantages of the KL-shaped reward
+    r_φ(y) − β(log π_θ(y) − log π_ref(y)), plus prox·(θ − θ₀). It is returned as a function of θ and φ in full
+    (A keeps its θ-dependence), so differentiating an inner step through it is exact; only the samples, drawn
+    from the current policy, are held fixed. batch: prompt_tokens, prompt_mask [P, Tp] (left-padded); key.
+    """
+    sg = jax.lax.stop_gradient
+    tokens = jnp.repeat(batch["prompt_tokens"], samples, axis=0)
+    mask = jnp.repeat(batch["prompt_mask"], samples, axis=0)
+    params, lora = (theta, None) if base is None else (base, theta)
+    out = generate_traced(sg(params), config, tokens, mask, batch["key"],
+                          SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, stop_token_ids=(eos_id,)),
+                          pad_id=pad_id, lora=None if lora is None else sg(lora))
+    seq = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+    attn = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
+    resp = jnp.concatenate([jnp.zeros_like(out.prompt_mask), out.mask], axis=1)
+    logp, logp_vjp = jax.vjp(lambda t: policy_logprobs(t, base, config, seq, attn, resp), theta)
+    logp_ref = sg(policy_logprobs(theta0, base, config, seq, attn, resp))
+    advantages = leave_one_out_advantages(reward_fn(phi, seq, attn) - beta * (logp - logp_ref), samples)
+    (grad,) = logp_vjp(-advantages / advantages.shape[0])
+    loss = -jnp.mean(sg(advantages) * logp)  # its value, for logging; its gradient in θ is `grad`
+    if prox:
+        grad = jax.tree.map(lambda g, a, b: g + prox * (a - b), grad, theta, theta0)
+        dist = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta, theta0)
+        loss = loss + 0.5 * prox * sum(jax.tree.leaves(dist))
+    return loss, grad
 
 
 def agreement_outer_loss(theta: Params, _unused: Any, batch: dict, *, config: ModelConfig, base: Params | None,

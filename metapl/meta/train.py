@@ -46,7 +46,8 @@ def meta_options(cfg: RunConfig) -> tuple[MetaConfig, EpisodeConfig, dict]:
     opts = dict(cfg.meta)
     unknown = sorted(set(opts) - META_KEYS - EPISODE_KEYS - SAMPLE_KEYS)
     if unknown:
-        raise ConfigError(f"meta: unknown option(s) {unknown}; allowed: {sorted(META_KEYS | EPISODE_KEYS | SAMPLE_KEYS)}")
+        allowed = sorted(META_KEYS | EPISODE_KEYS | SAMPLE_KEYS)
+        raise ConfigError(f"meta: unknown option(s) {unknown}; allowed: {allowed}")
     try:
         meta = MetaConfig(**{k: v for k, v in opts.items() if k in META_KEYS})
     except (TypeError, ValueError) as e:
@@ -97,19 +98,24 @@ class EpisodeBatches:
     """Episode i as arrays: support {tokens, attention_mask, response_mask} [E, P, N, T] (reference samples of
     the support prompts) and query pairs [E, Q, L]. Its position is the episode index."""
 
-    def __init__(self, sampler: EpisodeSampler, samples: ReferenceSamples, pair_loader, pair_index: dict):
+    def __init__(self, sampler: EpisodeSampler, samples: ReferenceSamples, pair_loader, pair_index: dict,
+                 prompt_tokens: int):
         self.sampler, self.samples, self.loader, self.pair_index = sampler, samples, pair_loader, pair_index
+        self.prompt_tokens = prompt_tokens
 
     def batch(self, index: int) -> dict:
         ep = self.sampler.episode(index)
         rows = np.asarray([[self.samples.row[(p.domain, p.prompt)] for p in prompts] for prompts in ep.support])
         support = {k: jnp.asarray(v[rows]) for k, v in self.samples.arrays.items()}
+        # The prompts themselves (left-padded; every sample of a prompt starts with it), for on-policy sampling.
+        support["prompt_tokens"] = support["tokens"][:, :, 0, : self.prompt_tokens]
+        support["prompt_mask"] = support["attention_mask"][:, :, 0, : self.prompt_tokens]
         query = []
         for pairs in ep.query:
             arrays = self.loader.batch_at([self.pair_index[id(p)] for p in pairs]).arrays()
             query.append({k: v for k, v in arrays.items() if k not in ("domain", "gold_margin")})
         query = {k: jnp.asarray(np.stack([q[k] for q in query])) for k in query[0]}
-        return {"support": support, "query": query}
+        return {"support": support, "query": query, "episode": jnp.asarray(index, jnp.int32)}
 
     def __iter__(self):
         return self
@@ -154,14 +160,17 @@ def setup_meta(cfg: RunConfig) -> Setup:
     sampler = EpisodeSampler(pool, bench.train_pairs, episode_cfg)
     loader = _pair_batches(bench.train_pairs, bench, cfg, episode_cfg.query_pairs, cfg.seed)
     pair_index = {id(p): i for i, p in enumerate(bench.train_pairs)}
-    batches = EpisodeBatches(sampler, samples, loader, pair_index)
+    batches = EpisodeBatches(sampler, samples, loader, pair_index, cfg.data.max_prompt_tokens)
+    onpolicy = {"max_new_tokens": cfg.data.max_response_tokens, "eos_id": bench.eos_id, "pad_id": bench.pad_id}
 
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
 
     def objective(phi, frozen, batch):
         reward_fn = reward_function(config, frozen["rm"])
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 5), batch["episode"])
         loss, dphi, metrics = meta_gradient(phi, frozen["theta0"], frozen["base"], batch["support"], batch["query"],
-                                            cfg=meta, policy_config=config, reward_fn=reward_fn)
+                                            cfg=meta, policy_config=config, reward_fn=reward_fn, key=key,
+                                            onpolicy=onpolicy)
         surrogate = jax.lax.stop_gradient(loss) + tree_vdot(jax.tree.map(lambda p: p - jax.lax.stop_gradient(p), phi),
                                      jax.lax.stop_gradient(dphi))
         acc = metrics.pop("query_accuracy")
@@ -187,7 +196,8 @@ def setup_meta(cfg: RunConfig) -> Setup:
                 "eval_query_accuracy": float(np.mean([o["query_accuracy"] for o in outs]))}
 
     e = episode_cfg
-    describe = (f"meta ({meta.method}, K={meta.inner_steps}, β={meta.beta}): {len(sampler.domains)} training domains, "
+    describe = (f"meta ({meta.inner_solver} solver, {meta.method} hypergradient, K={meta.inner_steps}, "
+                f"β={meta.beta}): {len(sampler.domains)} training domains, "
                 f"episodes of {e.domains_per_episode} domains × ({e.support_prompts} support prompts × "
                 f"{sample_opts['samples_per_prompt']} reference samples, {e.query_pairs} query pairs), "
                 f"feedback budget {e.feedback_budget} pairs/domain; "

@@ -24,7 +24,9 @@ from metapl.models.hf_format import (
 from metapl.models.logprobs import hidden_logprobs, logprob_of, sequence_logprobs, token_logprobs
 from metapl.models.lora import init_lora, merge_lora
 from metapl.models.pretrained import ModelNotFoundError, Pretrained, load_pretrained, resolve_model
-from metapl.models.sampling import GenerationOutput, SamplingConfig, encode_prompts, generate, generate_text
+from metapl.models.sampling import (
+    GenerationOutput, SamplingConfig, encode_prompts, generate, generate_text, generate_traced,
+)
 from metapl.models.transformer import (
     apply,
     default_positions,
@@ -38,7 +40,7 @@ from metapl.models.transformer import (
 __all__ = [
     "CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
     "Pretrained", "RopeScaling", "SamplingConfig", "UnsupportedConfigError", "apply", "cached_forward",
-    "decoding_weights", "default_positions", "encode_prompts", "generate", "generate_text", "gpt2",
+    "decoding_weights", "default_positions", "encode_prompts", "generate", "generate_text", "generate_traced", "gpt2",
     "hidden_logprobs", "hidden_states", "init_cache", "init_head_params", "init_lora", "init_params",
     "last_token_index", "llama", "load_gguf", "load_hf_directory", "load_pretrained", "logits_from_hidden",
     "logprob_of", "merge_lora", "next_token_logits", "qwen2", "resolve_model", "reward", "save_hf_directory",

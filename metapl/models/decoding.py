@@ -160,7 +160,9 @@ def cached_forward(
     heads, kv_heads, hd = config.num_heads, config.num_kv_heads, config.dim_per_head
 
     positions = default_positions(attention_mask) + cache.next_position[:, None]
-    valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
+    zero = jnp.zeros((), cache.index.dtype)  # literal 0s would be int64 under jax_enable_x64
+    at = (zero, zero, cache.index, zero)
+    valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (zero, cache.index))
     slots = jnp.arange(valid.shape[1])
     mask = valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
 
@@ -179,8 +181,8 @@ def cached_forward(
         q, k, v = (z.T.reshape(b, t, -1, hd) for z in jnp.split(qkv, [heads * hd, (heads + kv_heads) * hd], axis=0))
         if config.positions == "rope":
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k = jax.lax.dynamic_update_slice(cache.k[i], k.swapaxes(1, 2).astype(cache.k[i].dtype), (0, 0, cache.index, 0))
-        v = jax.lax.dynamic_update_slice(cache.v[i], v.swapaxes(1, 2).astype(cache.v[i].dtype), (0, 0, cache.index, 0))
+        k = jax.lax.dynamic_update_slice(cache.k[i], k.swapaxes(1, 2).astype(cache.k[i].dtype), at)
+        v = jax.lax.dynamic_update_slice(cache.v[i], v.swapaxes(1, 2).astype(cache.v[i].dtype), at)
         new_k.append(k)
         new_v.append(v)
         if t == 1:

@@ -132,7 +132,7 @@ def _generate(weights, prompt_tokens, prompt_mask, key, max_new_tokens, temperat
         s = s._replace(
             step=s.step + 1,
             tokens=s.tokens.at[:, s.step].set(token),
-            logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, lp, 0.0)),
+            logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, lp, 0.0).astype(s.logprobs.dtype)),
             mask=s.mask.at[:, s.step].set(live),
             done=s.done | jnp.isin(token, stop_ids),
             key=key,
@@ -192,9 +192,18 @@ def generate(
             f"prompt ({lengths.max()} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds the model's "
             f"{config.max_position_embeddings} learned positions"
         )
+    return generate_traced(params, config, jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key, sampling,
+                           pad_id=pad_id, lora=lora, _weights=_decoding_weights)
+
+
+def generate_traced(params: Params, config: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                    key: jax.Array, sampling: SamplingConfig, *, pad_id: int = 0, lora: Params | None = None,
+                    _weights=decoding_weights) -> GenerationOutput:
+    """`generate` without its host-side checks, so it can run inside jit, vmap, scan or a loss (e.g. on-policy
+    samples drawn inside an inner optimisation loop). Every prompt row must hold at least one real token."""
     max_len = bucket(sampling.max_new_tokens)
     out = _generate(
-        _decoding_weights(params, config, lora), jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key,
+        _weights(params, config, lora), prompt_tokens, prompt_mask, key,
         jnp.int32(sampling.max_new_tokens), jnp.float32(max(sampling.temperature, 1e-6)),
         jnp.float32(sampling.top_p),
         config=config, max_len=max_len, greedy=sampling.temperature == 0,

@@ -20,7 +20,9 @@ def _run(tmp_path, name, overrides, resume=False):
     return run_dir, train(run_dir, cfg, resume=resume, progress=False)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.lora_rank=2", "meta.method=implicit", "meta.prox=1.0"]])
+@pytest.mark.parametrize("extra", [[], ["model.lora_rank=2", "meta.method=implicit", "meta.prox=1.0"],
+                                   pytest.param(["meta.inner_solver=onpolicy", "meta.onpolicy_samples=2"],
+                                                marks=pytest.mark.slow)])
 def test_meta_run_resumes_exactly(tmp_path, extra):
     straight, final = _run(tmp_path, "straight", ["steps=4"] + extra)
     _run(tmp_path, "half", ["steps=2"] + extra)
