@@ -15,6 +15,10 @@ CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob
 def test_example_config_loads(path):
     cfg = load_config(RunConfig, path)
     assert cfg.algo in ALGORITHMS
+    if cfg.algo == "meta":
+        from metapl.meta.train import meta_options
+
+        meta_options(cfg)  # every key of the meta section is known and valid
 
 
 def test_there_are_example_configs():
