@@ -146,17 +146,17 @@ def setup_meta(cfg: RunConfig) -> Setup:
     meta, episode_cfg, sample_opts = meta_options(cfg)
     config, params, bench = _model_and_benchmark(cfg)
     phi, rm_frozen = reward_parameters(config, params, cfg.seed)
+    # θ₀ is the reference policy: the base weights themselves, or fresh adapters (B = 0) over them.
     if config.lora is None:
-        theta0, base, ref_params, ref_lora = params, None, params, None
+        theta0, base = params, None
     else:
-        theta0, base, ref_params, ref_lora = init_lora(config, jax.random.PRNGKey(cfg.seed + 3)), params, params, None
+        theta0, base = init_lora(config, jax.random.PRNGKey(cfg.seed + 3)), params
 
     pool = _tree_prompts(cfg, bench, sample_opts["support_pool"])
-    samples = sample_reference(ref_params, config.replace(lora=None) if base is not None else config, pool,
-                               sample_opts["samples_per_prompt"], encode=bench.encode, pad_id=bench.pad_id,
-                               eos_id=bench.eos_id, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                               max_response_tokens=cfg.data.max_response_tokens,
-                               key=jax.random.PRNGKey(cfg.seed + 4), lora=ref_lora)
+    samples = sample_reference(params, config.replace(lora=None), pool, sample_opts["samples_per_prompt"],
+                               encode=bench.encode, pad_id=bench.pad_id, eos_id=bench.eos_id,
+                               max_prompt_tokens=cfg.data.max_prompt_tokens,
+                               max_response_tokens=cfg.data.max_response_tokens, key=jax.random.PRNGKey(cfg.seed + 4))
     sampler = EpisodeSampler(pool, bench.train_pairs, episode_cfg)
     loader = _pair_batches(bench.train_pairs, bench, cfg, episode_cfg.query_pairs, cfg.seed)
     pair_index = {id(p): i for i, p in enumerate(bench.train_pairs)}
