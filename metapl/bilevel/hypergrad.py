@@ -109,10 +109,17 @@ def inner_solve(problem: BilevelProblem, phi: Params, theta0: Params, inner_batc
     return theta, state, losses
 
 
-def _outer(problem: BilevelProblem, theta: Params, phi: Params, outer_batch: Any):
+def _at_solution(problem: BilevelProblem, phi: Params, theta0: Params, inner_batch: Any, outer_batch: Any,
+                 per_step_batches: bool, hessian_batch: Any):
+    """What the implicit and first-order methods start from: θ_K (no gradient to φ), the inner losses, the batch
+    of the second-order products, and the outer loss, metrics and gradients (∇_θ, ∂_φ) at θ_K."""
+    theta, _, losses = inner_solve(problem, jax.lax.stop_gradient(phi), theta0, inner_batch,
+                                   per_step_batches=per_step_batches)
+    theta = jax.lax.stop_gradient(theta)
+    hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
     (loss, metrics), (g_theta, g_phi) = jax.value_and_grad(problem.outer_loss, argnums=(0, 1), has_aux=True)(
         theta, phi, outer_batch)
-    return loss, metrics, g_theta, g_phi
+    return theta, losses, hb, loss, metrics, g_theta, g_phi
 
 
 def _mixed_product(problem: BilevelProblem, theta: Params, phi: Params, batch: Any, v: Params) -> Params:
@@ -164,12 +171,8 @@ def implicit_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params,
                            damping: float = 0.0, neumann_step_size: float = 1.0) -> tuple[jax.Array, Params, dict]:
     """(F(φ), dF/dφ, aux) by the implicit function theorem at θ_K; aux has the solver's iterations and the
     relative residual of the linear solve, and the inner gradient norm at θ_K (the theorem assumes it is ~0)."""
-    theta, _, losses = inner_solve(problem, jax.lax.stop_gradient(phi), theta0, inner_batch,
-                                   per_step_batches=per_step_batches)
-    theta = jax.lax.stop_gradient(theta)
-    hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
-    loss, metrics, g_theta, g_phi = _outer(problem, theta, phi, outer_batch)
-
+    theta, losses, hb, loss, metrics, g_theta, g_phi = _at_solution(
+        problem, phi, theta0, inner_batch, outer_batch, per_step_batches, hessian_batch)
     grad_in = lambda t: problem.value_and_grad(t, phi, hb)[1]  # noqa: E731
 
     def hvp(v):
@@ -193,11 +196,8 @@ def first_order_hypergradient(problem: BilevelProblem, phi: Params, theta0: Para
                               outer_batch: Any, *, per_step_batches: bool = False, hessian_batch: Any = None,
                               first_order_scale: float = 1.0) -> tuple[jax.Array, Params, dict]:
     """(F(φ), dF/dφ ≈ ∂_φ L_out − scale·(∂²_φθ L_in)ᵀ ∇_θ L_out, aux): the inner Hessian replaced by I/scale."""
-    theta, _, losses = inner_solve(problem, jax.lax.stop_gradient(phi), theta0, inner_batch,
-                                   per_step_batches=per_step_batches)
-    theta = jax.lax.stop_gradient(theta)
-    hb = _last_batch(inner_batch, per_step_batches) if hessian_batch is None else hessian_batch
-    loss, metrics, g_theta, g_phi = _outer(problem, theta, phi, outer_batch)
+    theta, losses, hb, loss, metrics, g_theta, g_phi = _at_solution(
+        problem, phi, theta0, inner_batch, outer_batch, per_step_batches, hessian_batch)
     mixed = _mixed_product(problem, theta, phi, hb, g_theta)
     dphi = jax.tree.map(lambda a, b: a - first_order_scale * b, g_phi, mixed)
     return loss, dphi, {"outer": metrics, "theta": theta, "inner_losses": losses}

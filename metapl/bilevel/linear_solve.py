@@ -32,6 +32,11 @@ class SolveInfo(NamedTuple):
     residual: jax.Array
 
 
+def _damped(matvec: Operator, damping: float) -> Operator:
+    """v -> (H + damping·I) v."""
+    return (lambda v: tree_axpy(damping, v, matvec(v))) if damping else matvec
+
+
 def _relative_residual(matvec: Operator, v: Tree, g: Tree) -> jax.Array:
     r = tree_axpy(-1.0, matvec(v), g)
     return jnp.sqrt(tree_vdot(r, r) / jnp.maximum(tree_vdot(g, g), jnp.finfo(jnp.float32).tiny))
@@ -44,10 +49,7 @@ def conjugate_gradient(matvec: Operator, g: Tree, *, max_iterations: int = 50, t
     Stops after `max_iterations` or when ||r|| <= tolerance·||g||. H must be symmetric; on a positive
     semi-definite H, g in H's range (as for a loss invariant along H's null directions) is still solved.
     """
-
-    def A(v):
-        return tree_axpy(damping, v, matvec(v)) if damping else matvec(v)
-
+    A = _damped(matvec, damping)
     zeros = jax.tree.map(jnp.zeros_like, g)
     rr0 = tree_vdot(g, g)
     stop = (tolerance ** 2) * rr0
@@ -78,9 +80,7 @@ def neumann_series(matvec: Operator, g: Tree, *, terms: int = 50, step_size: flo
 
     Converges when step_size · λ_max(H + damping·I) < 2; each term costs one Hessian-vector product.
     """
-
-    def A(v):
-        return tree_axpy(damping, v, matvec(v)) if damping else matvec(v)
+    A = _damped(matvec, damping)
 
     def body(_, carry):
         p, total = carry

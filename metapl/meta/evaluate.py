@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metapl.bilevel import BilevelProblem, inner_solve
+from metapl.bilevel import inner_solve
 from metapl.config import ConfigError
-from metapl.meta.metagrad import MetaConfig
-from metapl.meta.objectives import projected_inner_loss, reward_function, sample_rewards
+from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
+from metapl.meta.metagrad import MetaConfig, domain_problem
+from metapl.meta.objectives import reward_function, sample_rewards
 from metapl.meta.train import meta_options, sample_reference
 from metapl.models import SamplingConfig, generate, init_lora
-from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +58,11 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[f
 
 
 def _restore_reward(run_dir: Path):
-    """(run config, setup, trained φ) of a meta or rm run directory (its latest checkpoint)."""
+    """(run config, policy config, reference params, benchmark, trained φ, frozen reward backbone, step) of a meta
+    or rm run directory (its latest checkpoint). The reward model's layout is rebuilt, not the run's whole set-up
+    (a meta run's would draw its reference samples again)."""
     from metapl.train import init_state, make_optimizer
-    from metapl.train.algorithms import setup_algorithm
+    from metapl.train.algorithms import _model_and_benchmark, reward_model_parameters
     from metapl.train.run import _checkpointer, _restore, prepare_run_dir
 
     cfg = prepare_run_dir(run_dir, None, [], resume=True)
@@ -68,25 +70,24 @@ def _restore_reward(run_dir: Path):
         raise ConfigError(f"{run_dir}: meta-test needs a `meta` or `rm` run, this one is {cfg.algo!r}")
     if cfg.data.benchmark != "synthetic_domains":
         raise ConfigError("meta-test supports synthetic_domains so far (sentiment_domains is not wired up yet)")
-    setup = setup_algorithm(cfg)
     manager = _checkpointer(run_dir)
     if manager.latest_step() is None:
         raise ConfigError(f"{run_dir}: no checkpoint to test")
-    state = init_state(setup.trainable, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
+    config, params, bench = _model_and_benchmark(cfg)
+    like, rm_frozen = reward_model_parameters(config, params, cfg.seed)
+    state = init_state(like, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = _restore(manager, manager.latest_step(), state)
-    return cfg, setup, state.params, int(state.step)
+    return cfg, config, params, bench, state.params, rm_frozen, int(state.step)
 
 
 def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
               write: bool = True, progress: bool = True) -> dict:
     """Run the meta-test of a reward model on the benchmark's `split` domains ("heldout" or "train")."""
     from metapl.data.synthetic import SyntheticDomains
-    from metapl.train.algorithms import _model_and_benchmark
+    from metapl.train.algorithms import _pair_batches, gold_scores
 
     run_dir = Path(run_dir)
-    cfg, setup, phi, step = _restore_reward(run_dir)
-    config, params, bench = _model_and_benchmark(cfg)
-    rm_frozen = setup.frozen["rm"] if cfg.algo == "meta" else setup.frozen
+    cfg, config, params, bench, phi, rm_frozen, step = _restore_reward(run_dir)
     reward_fn = reward_function(config, rm_frozen)
     meta = meta_options(cfg)[0] if cfg.algo == "meta" else MetaConfig()
     meta = dataclasses.replace(meta, **{k: v for k, v in (("inner_steps", test.steps), ("inner_lr", test.lr),
@@ -96,11 +97,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     else:
         theta0, base = init_lora(config, jax.random.PRNGKey(cfg.seed + 3)), params
     ref_config = config.replace(lora=None)
-
-    def inner(t, r, b):
-        return projected_inner_loss(t, r, b, config=config, base=base, beta=meta.beta, prox=meta.prox, theta0=theta0)
-
-    problem = BilevelProblem(inner, lambda t, p, b: (jnp.zeros(()), {}), meta.optimizer(), meta.inner_steps)
+    problem = domain_problem(meta, config, base, theta0)  # its inner problem: the projected solver
 
     @jax.jit
     def adapt(phi, support):
@@ -118,7 +115,6 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     pair_acc = jax.jit(lambda p, b: jnp.mean(
         reward_fn(p, b["chosen_tokens"], b["chosen_attention_mask"])
         > reward_fn(p, b["rejected_tokens"], b["rejected_attention_mask"])))
-    from metapl.train.algorithms import _pair_batches
 
     rows = []
     for i, domain in enumerate(domains):
@@ -138,12 +134,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         for name, (p, lora) in policies.items():
             out = generate(p, config if lora is not None else ref_config, tokens, mask, eval_key, sampling,
                            pad_id=bench.pad_id, lora=lora)
-            toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
-            scores = []
-            for prompt, row, k in zip(eval_prompts, toks, keep):
-                text = bench.decode([int(t) for t, m in zip(row, k) if m and int(t) != bench.eos_id])
-                scores.append(bench.gold(domain, prompt.prompt, text) if text.strip() else 0.0)
-            gold[name] = np.asarray(scores)
+            gold[name] = np.asarray(gold_scores(bench, eval_prompts, out))
         wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
         pairs = synth.pairs(domain)
         loader = _pair_batches(pairs, bench, cfg, len(pairs), cfg.seed)

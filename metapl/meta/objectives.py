@@ -45,6 +45,11 @@ def policy_logprobs(theta: Params, base: Params | None, config: ModelConfig, tok
     return sequence_logprobs(params, config, tokens, response_mask, attention_mask=attention_mask, lora=lora)[1]
 
 
+def _proximal(theta: Params, theta0: Params) -> jax.Array:
+    """½‖θ − θ₀‖² over the whole tree."""
+    return 0.5 * sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(theta0)))
+
+
 def projected_inner_loss(theta: Params, rewards: jax.Array, batch: dict, *, config: ModelConfig,
                          base: Params | None, beta: float, prox: float = 0.0, theta0: Params | None = None
                          ) -> tuple[jax.Array, dict]:
@@ -65,8 +70,7 @@ def projected_inner_loss(theta: Params, rewards: jax.Array, batch: dict, *, conf
     if prox:
         if theta0 is None:
             raise ValueError("prox > 0 needs theta0")
-        dist = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta, theta0)
-        loss = loss + 0.5 * prox * sum(jax.tree.leaves(dist))
+        loss = loss + prox * _proximal(theta, theta0)
     return loss, dict(metrics, inner_loss=loss)
 
 
@@ -87,9 +91,8 @@ def onpolicy_inner_grad(theta: Params, phi: Params, batch: dict, *, config: Mode
     out = generate_traced(sg(params), config, tokens, mask, batch["key"],
                           SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, stop_token_ids=(eos_id,)),
                           pad_id=pad_id, lora=None if lora is None else sg(lora))
-    seq = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
-    attn = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
-    resp = jnp.concatenate([jnp.zeros_like(out.prompt_mask), out.mask], axis=1)
+    s = out.sequences()
+    seq, attn, resp = s["tokens"], s["attention_mask"], s["response_mask"]
     logp, logp_vjp = jax.vjp(lambda t: policy_logprobs(t, base, config, seq, attn, resp), theta)
     logp_ref = sg(policy_logprobs(theta0, base, config, seq, attn, resp))
     advantages = leave_one_out_advantages(reward_fn(phi, seq, attn) - beta * (logp - logp_ref), samples)
@@ -97,8 +100,7 @@ def onpolicy_inner_grad(theta: Params, phi: Params, batch: dict, *, config: Mode
     loss = -jnp.mean(sg(advantages) * logp)  # its value, for logging; its gradient in θ is `grad`
     if prox:
         grad = jax.tree.map(lambda g, a, b: g + prox * (a - b), grad, theta, theta0)
-        dist = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta, theta0)
-        loss = loss + 0.5 * prox * sum(jax.tree.leaves(dist))
+        loss = loss + prox * _proximal(theta, theta0)
     return loss, grad
 
 

@@ -32,7 +32,7 @@ from metapl.data.episodes import EpisodeConfig, EpisodeSampler
 from metapl.data.schemas import PromptExample
 from metapl.meta.metagrad import MetaConfig, meta_gradient
 from metapl.meta.objectives import reward_function
-from metapl.models import SamplingConfig, generate, init_head_params, init_lora
+from metapl.models import SamplingConfig, generate, init_lora
 from metapl.models.config import ModelConfig
 from metapl.train.run import RunConfig, Setup
 
@@ -69,7 +69,7 @@ class ReferenceSamples:
 
 def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExample], n: int, *, encode, pad_id: int,
                      eos_id: int, max_prompt_tokens: int, max_response_tokens: int, key: jax.Array,
-                     batch_size: int = 64, lora: Any = None) -> ReferenceSamples:
+                     batch_size: int = 64) -> ReferenceSamples:
     """n temperature-1 samples per prompt; every sequence is prompt (left-padded) ⊕ response (right-padded)."""
     shape = SequenceShape(max_prompt_tokens, max_response_tokens)
     stats = TruncationStats()
@@ -80,15 +80,9 @@ def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExamp
         chunk = repeated[start:start + batch_size]
         chunk = chunk + chunk[: batch_size - len(chunk)]  # one compiled shape; the padding rows are dropped below
         tokens, mask = prompt_arrays(chunk, encode, shape, pad_id, stats, length=max_prompt_tokens)
-        out = generate(params, config, tokens, mask, jax.random.fold_in(key, start), sampling, pad_id=pad_id,
-                       lora=lora)
+        out = generate(params, config, tokens, mask, jax.random.fold_in(key, start), sampling, pad_id=pad_id)
         keep = min(batch_size, len(repeated) - start)
-        parts.append({
-            "tokens": np.concatenate([np.asarray(out.prompt_tokens), np.asarray(out.tokens)], 1)[:keep],
-            "attention_mask": np.concatenate([np.asarray(out.prompt_mask), np.asarray(out.mask)], 1)[:keep],
-            "response_mask": np.concatenate([np.zeros_like(np.asarray(out.prompt_mask)), np.asarray(out.mask)],
-                                            1)[:keep],
-        })
+        parts.append({k: np.asarray(v)[:keep] for k, v in out.sequences().items()})
     arrays = {k: np.concatenate([p[k] for p in parts]).reshape(len(prompts), n, -1) for k in parts[0]}
     row = {(p.domain, p.prompt): i for i, p in enumerate(prompts)}
     return ReferenceSamples(prompts, arrays, row)
@@ -132,20 +126,14 @@ class EpisodeBatches:
         self.sampler.load_state_dict(state)
 
 
-def reward_parameters(config: ModelConfig, params: Any, seed: int) -> tuple[Any, Any]:
-    """(trainable φ, frozen reward backbone or None), laid out as `metapl train rm` lays them out."""
-    head_model = init_head_params(config, jax.random.PRNGKey(seed + 1), backbone=params)
-    if config.lora is None:
-        return head_model, None
-    return {"lora": init_lora(config, jax.random.PRNGKey(seed + 2)), "head": head_model["head"]}, head_model
-
-
 def setup_meta(cfg: RunConfig) -> Setup:
-    from metapl.train.algorithms import _eval_batches, _model_and_benchmark, _pair_batches, _tree_prompts
+    from metapl.train.algorithms import (
+        _eval_batches, _model_and_benchmark, _pair_batches, _tree_prompts, reward_model_parameters,
+    )
 
     meta, episode_cfg, sample_opts = meta_options(cfg)
     config, params, bench = _model_and_benchmark(cfg)
-    phi, rm_frozen = reward_parameters(config, params, cfg.seed)
+    phi, rm_frozen = reward_model_parameters(config, params, cfg.seed)
     # θ₀ is the reference policy: the base weights themselves, or fresh adapters (B = 0) over them.
     if config.lora is None:
         theta0, base = params, None

@@ -61,6 +61,12 @@ class GenerationOutput(NamedTuple):
     prompt_tokens: jax.Array
     prompt_mask: jax.Array
 
+    def sequences(self) -> dict[str, jax.Array]:
+        """Prompt ⊕ response as a learner's batch: tokens, attention_mask, response_mask [B, P + N]."""
+        return {"tokens": jnp.concatenate([self.prompt_tokens, self.tokens], axis=1),
+                "attention_mask": jnp.concatenate([self.prompt_mask, self.mask], axis=1),
+                "response_mask": jnp.concatenate([jnp.zeros_like(self.prompt_mask), self.mask], axis=1)}
+
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     """The smallest power of two >= max(n, minimum): the few lengths we compile for."""

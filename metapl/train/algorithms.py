@@ -166,6 +166,17 @@ def _weighted_mean(rows: list[dict], weights: list[float]) -> dict:
     return {k: sum(float(r[k]) * w for r, w in zip(rows, weights)) / total for k in rows[0]}
 
 
+def gold_scores(bench: Benchmark, prompts: list[PromptExample], out) -> list[float]:
+    """The gold judge's score of each sampled response (GenerationOutput `out`, one row per prompt).
+
+    An empty response (the policy stopped at once) scores 0 on either benchmark."""
+    scores = []
+    for prompt, row, keep in zip(prompts, np.asarray(out.tokens), np.asarray(out.mask)):
+        response = bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
+        scores.append(bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
+    return scores
+
+
 def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, lora=None, seed: int = 0,
                            render: Callable[[str], str] | None = None) -> float:
     """Mean gold reward of responses sampled (temperature 1) from the policy for the eval prompts.
@@ -181,13 +192,7 @@ def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, 
     out = generate(params, config, tokens, mask, jax.random.PRNGKey(seed),
                    SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
                                   stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora)
-    toks, m = np.asarray(out.tokens), np.asarray(out.mask)
-    scores = []
-    for prompt, row, keep in zip(bench.eval_prompts, toks, m):
-        response = bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
-        # An empty response (the policy stopped at once) scores 0 on either benchmark.
-        scores.append(bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
-    return float(np.mean(scores))
+    return float(np.mean(gold_scores(bench, bench.eval_prompts, out)))
 
 
 def _model_and_benchmark(cfg: RunConfig, reward_bins: int = 0) -> tuple[ModelConfig, Any, Benchmark]:
@@ -209,18 +214,25 @@ def _model_and_benchmark(cfg: RunConfig, reward_bins: int = 0) -> tuple[ModelCon
     return config, params, bench
 
 
+def reward_model_parameters(config: ModelConfig, backbone: Any, seed: int) -> tuple[Any, Any]:
+    """(trainable φ, frozen head model or None): the reward-model layout of `rm` and `meta` runs (so meta-test
+    reads either). All weights: φ = a head model on `backbone`. LoRA: φ = {"lora", "head"} over the frozen
+    head model."""
+    head_model = init_head_params(config, jax.random.PRNGKey(seed + 1), backbone=backbone)
+    if config.lora is None:
+        return head_model, None
+    return {"lora": init_lora(config, jax.random.PRNGKey(seed + 2)), "head": head_model["head"]}, head_model
+
+
 def setup_rm(cfg: RunConfig) -> Setup:
     config, backbone, bench = _model_and_benchmark(cfg)
-    params = init_head_params(config, jax.random.PRNGKey(cfg.seed + 1), backbone=backbone)
+    trainable, frozen = reward_model_parameters(config, backbone, cfg.seed)
     kwargs = _objective_kwargs(preference.rm_objective, cfg.loss, set())
     if config.lora is not None:
-        trainable = {"lora": init_lora(config, jax.random.PRNGKey(cfg.seed + 2)), "head": params["head"]}
-        frozen = params
 
         def objective(t, f, batch):
             return preference.rm_objective(dict(f, head=t["head"]), batch, config=config, lora=t["lora"], **kwargs)
     else:
-        trainable, frozen = params, None
 
         def objective(t, f, batch):
             return preference.rm_objective(t, batch, config=config, **kwargs)
@@ -532,15 +544,7 @@ class Rollouts:
         out = generate(p, self.config, tokens, mask, jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step),
                        SamplingConfig(max_new_tokens=self.cfg.data.max_response_tokens, temperature=1.0,
                                       stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora)
-        gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
-        rewards = []
-        for prompt, row, keep in zip(chosen, gen, gen_mask):
-            response = self.bench.decode([int(t) for t, m in zip(row, keep) if m and int(t) != self.bench.eos_id])
-            rewards.append(self.bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
-        batch = {"tokens": jnp.concatenate([out.prompt_tokens, out.tokens], axis=1),
-                 "attention_mask": jnp.concatenate([out.prompt_mask, out.mask], axis=1),
-                 "response_mask": jnp.concatenate([jnp.zeros_like(out.prompt_mask), out.mask], axis=1),
-                 "rewards": jnp.asarray(rewards, jnp.float32)}
+        batch = dict(out.sequences(), rewards=jnp.asarray(gold_scores(self.bench, chosen, out), jnp.float32))
         ref_params = self.frozen if self.frozen is not None else p
         batch["ref_logps"] = self._ref(ref_params, batch)
         return batch
