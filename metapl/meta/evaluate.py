@@ -28,15 +28,17 @@ from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import reward_function, sample_rewards
-from metapl.meta.train import meta_options, sample_reference
-from metapl.models import SamplingConfig, generate, init_lora
+from metapl.meta.train import meta_options
+from metapl.models import SamplingConfig, init_lora
+from metapl.models.sampling import generate_traced
 
 
 @dataclasses.dataclass(frozen=True)
 class MetaTestConfig:
     """prompts: optimisation prompts per domain; eval_prompts: further prompts per domain for the gold judge;
     samples_per_prompt: reference samples N; steps, lr, beta, prox: the projected solver (default: the meta run's
-    inner problem, or MetaConfig's defaults for an rm run); bootstrap: resamples for the intervals."""
+    inner problem, or MetaConfig's defaults for an rm run); bootstrap: resamples for the intervals;
+    domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it)."""
 
     prompts: int = 16
     eval_prompts: int = 32
@@ -47,6 +49,7 @@ class MetaTestConfig:
     prox: float | None = None
     bootstrap: int = 2000
     seed: int = 0
+    domains_per_batch: int = 8
 
 
 def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -68,8 +71,6 @@ def _restore_reward(run_dir: Path):
     cfg = prepare_run_dir(run_dir, None, [], resume=True)
     if cfg.algo not in ("meta", "rm"):
         raise ConfigError(f"{run_dir}: meta-test needs a `meta` or `rm` run, this one is {cfg.algo!r}")
-    if cfg.data.benchmark != "synthetic_domains":
-        raise ConfigError("meta-test supports synthetic_domains so far (sentiment_domains is not wired up yet)")
     manager = _checkpointer(run_dir)
     if manager.latest_step() is None:
         raise ConfigError(f"{run_dir}: no checkpoint to test")
@@ -83,12 +84,10 @@ def _restore_reward(run_dir: Path):
 def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
               write: bool = True, progress: bool = True) -> dict:
     """Run the meta-test of a reward model on the benchmark's `split` domains ("heldout" or "train")."""
-    from metapl.data.synthetic import SyntheticDomains
-    from metapl.train.algorithms import _pair_batches, gold_scores
+    from metapl.train.algorithms import _pair_batches, domain_split, gold_scores
 
     run_dir = Path(run_dir)
     cfg, config, params, bench, phi, rm_frozen, step = _restore_reward(run_dir)
-    reward_fn = reward_function(config, rm_frozen)
     meta = meta_options(cfg)[0] if cfg.algo == "meta" else MetaConfig()
     meta = dataclasses.replace(meta, **{k: v for k, v in (("inner_steps", test.steps), ("inner_lr", test.lr),
                                                           ("beta", test.beta), ("prox", test.prox)) if v is not None})
@@ -97,62 +96,91 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     else:
         theta0, base = init_lora(config, jax.random.PRNGKey(cfg.seed + 3)), params
     ref_config = config.replace(lora=None)
-    problem = domain_problem(meta, config, base, theta0)  # its inner problem: the projected solver
+    # Weights enter the compiled functions as arguments (closed over, they would be baked in as constants).
+    frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
 
-    @jax.jit
-    def adapt(phi, support):
-        rewards = sample_rewards(reward_fn, phi, support)
-        theta, _, losses = inner_solve(problem, rewards, theta0, support)
+    def adapt(phi, frozen, support):  # one domain: support [P, N, T] -> (adapted θ, inner losses [K])
+        problem = domain_problem(meta, config, frozen["base"], frozen["theta0"])  # the projected solver
+        rewards = sample_rewards(reward_function(config, frozen["rm"]), phi, support)
+        theta, _, losses = inner_solve(problem, rewards, frozen["theta0"], support)
         return theta, losses
 
-    synth = SyntheticDomains(cfg.data.synthetic)
-    domains = {"heldout": synth.heldout_domains, "train": synth.train_domains}.get(split)
-    if domains is None:
+    if split not in ("heldout", "train"):
         raise ConfigError(f"--domains must be heldout or train, got {split!r}")
+    domains = domain_split(cfg, split, test.prompts + test.eval_prompts)
     shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     sampling = SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
                               stop_token_ids=(bench.eos_id,))
-    pair_acc = jax.jit(lambda p, b: jnp.mean(
-        reward_fn(p, b["chosen_tokens"], b["chosen_attention_mask"])
-        > reward_fn(p, b["rejected_tokens"], b["rejected_attention_mask"])))
 
+    def sample(policy, base, tokens, mask, key):  # one domain's prompts [B, P] under θ -> prompt ⊕ response
+        p, lora, c = (policy, None, ref_config) if base is None else (base, policy, config)
+        return generate_traced(p, c, tokens, mask, key, sampling, pad_id=bench.pad_id, lora=lora).sequences()
+
+    # Domains go through in chunks of `domains_per_batch`, vmapped: the chunk's adaptations in one call and its
+    # decoding as one batch (decoding is bound by reading the weights, so batching domains is nearly free).
+    # Every domain has its own keys, so the numbers do not depend on the chunking.
+    d, n = test.domains_per_batch, test.samples_per_prompt
+    adapt_chunk = jax.jit(jax.vmap(adapt, in_axes=(None, None, 0)))
+    sample_chunk = jax.jit(jax.vmap(sample, in_axes=(0, None, 0, 0, 0)))
+    sample_reference_chunk = jax.jit(jax.vmap(sample, in_axes=(None, None, 0, 0, 0)))
+
+    @jax.jit
+    def sample_support(frozen, tokens, mask, keys):  # N reference samples per prompt: [D, P, N, T]
+        out = jax.vmap(sample, in_axes=(None, None, 0, 0, 0))(frozen["theta0"], frozen["base"], tokens, mask, keys)
+        return jax.tree.map(lambda v: v.reshape(d, test.prompts, n, -1), out)
+
+    @jax.jit
+    def pair_acc(phi, frozen, b):
+        reward_fn = reward_function(config, frozen["rm"])
+        return jnp.mean(reward_fn(phi, b["chosen_tokens"], b["chosen_attention_mask"])
+                        > reward_fn(phi, b["rejected_tokens"], b["rejected_attention_mask"]))
+
+    def prompt_batch(chunk_prompts):  # [D] lists of prompts -> tokens, mask [D, B, max_prompt_tokens]
+        arrays = [prompt_arrays(ps, bench.encode, shape, bench.pad_id, TruncationStats(),
+                                length=cfg.data.max_prompt_tokens) for ps in chunk_prompts]
+        return tuple(jnp.asarray(np.stack(a)) for a in zip(*arrays))
+
+    names, tp = list(domains), cfg.data.max_prompt_tokens
     rows = []
-    for i, domain in enumerate(domains):
-        prompts = synth.prompts(domain, test.prompts + test.eval_prompts)
-        train_prompts, eval_prompts = prompts[: test.prompts], prompts[test.prompts:]
-        key = jax.random.PRNGKey(test.seed * 100_003 + i)
-        support = sample_reference(params, ref_config, train_prompts, test.samples_per_prompt,
-                                   encode=bench.encode, pad_id=bench.pad_id, eos_id=bench.eos_id,
-                                   max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                   max_response_tokens=cfg.data.max_response_tokens, key=key)
-        theta, losses = adapt(phi, {k: jnp.asarray(v) for k, v in support.arrays.items()})
-        tokens, mask = prompt_arrays(eval_prompts, bench.encode, shape, bench.pad_id, TruncationStats(),
-                                     length=cfg.data.max_prompt_tokens)
-        eval_key = jax.random.fold_in(key, 1)
-        policies = {"adapted": (theta, None) if base is None else (base, theta), "reference": (params, None)}
-        gold = {}
-        for name, (p, lora) in policies.items():
-            out = generate(p, config if lora is not None else ref_config, tokens, mask, eval_key, sampling,
-                           pad_id=bench.pad_id, lora=lora)
-            gold[name] = np.asarray(gold_scores(bench, eval_prompts, out))
-        wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
-        pairs = synth.pairs(domain)
-        loader = _pair_batches(pairs, bench, cfg, len(pairs), cfg.seed)
-        arrays = {k: jnp.asarray(v) for k, v in loader.batch_at(range(len(pairs))).arrays().items()}
-        rows.append({"domain": domain, "gold_adapted": float(gold["adapted"].mean()),
-                     "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
-                     "rm_pair_accuracy": float(pair_acc(phi, arrays)),
-                     "inner_loss_first": float(losses[0]), "inner_loss_last": float(losses[-1])})
-        if progress:
-            r = rows[-1]
-            print(f"[metapl meta-test] {domain}: gold {r['gold_reference']:+.3f} -> {r['gold_adapted']:+.3f}, "
-                  f"win rate {r['win_rate']:.2f}, RM pair accuracy {r['rm_pair_accuracy']:.2f} "
-                  f"({i + 1}/{len(domains)})", file=sys.stderr, flush=True)
+    for start in range(0, len(names), d):
+        chunk = names[start:start + d]
+        chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
+        keys = jnp.stack([jax.random.PRNGKey(test.seed * 100_003 + names.index(d)) for d in chunk])
+        # N reference samples of each optimisation prompt: support [D, P, N, T].
+        tokens, mask = prompt_batch([[p for p in domains[d][0][: test.prompts] for _ in range(n)] for d in chunk])
+        thetas, losses = adapt_chunk(phi, frozen, sample_support(frozen, tokens, mask, keys))
+        eval_prompts = [domains[d][0][test.prompts:] for d in chunk]
+        tokens, mask = prompt_batch(eval_prompts)
+        eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        outs = {"adapted": sample_chunk(thetas, base, tokens, mask, eval_keys),
+                "reference": sample_reference_chunk(theta0, base, tokens, mask, eval_keys)}
+        outs, losses = jax.device_get((outs, losses))  # numpy from here: no per-domain device slicing
+        for j, domain in enumerate(chunk[: len(names) - start]):
+            gold = {name: np.asarray(gold_scores(bench, eval_prompts[j], o["tokens"][j, :, tp:],
+                                                 o["response_mask"][j, :, tp:])) for name, o in outs.items()}
+            wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
+            pairs = domains[domain][1]
+            if pairs:
+                loader = _pair_batches(pairs, bench, cfg, len(pairs), cfg.seed)
+                arrays = {k: jnp.asarray(v) for k, v in loader.batch_at(range(len(pairs))).arrays().items()}
+                accuracy = float(pair_acc(phi, frozen, arrays))
+            else:  # a domain whose pairs were all identical continuations (counted at build time)
+                accuracy = float("nan")
+            rows.append({"domain": domain, "gold_adapted": float(gold["adapted"].mean()),
+                         "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
+                         "rm_pair_accuracy": accuracy, "pairs": len(pairs),
+                         "inner_loss_first": float(losses[j, 0]), "inner_loss_last": float(losses[j, -1])})
+            if progress:
+                r = rows[-1]
+                print(f"[metapl meta-test] {domain}: gold {r['gold_reference']:+.3f} -> {r['gold_adapted']:+.3f}, "
+                      f"win rate {r['win_rate']:.2f}, RM pair accuracy {r['rm_pair_accuracy']:.2f} "
+                      f"({len(rows)}/{len(names)})", file=sys.stderr, flush=True)
 
-    def summary(key):
+    def summary(key):  # over the domains where the measure exists (a domain may have no labelled pairs)
         v = np.asarray([r[key] for r in rows])
+        v = v[np.isfinite(v)]
         lo, hi = bootstrap_interval(v, test.bootstrap, test.seed)
-        return {"mean": float(v.mean()), "ci95": [lo, hi]}
+        return {"mean": float(v.mean()), "ci95": [lo, hi], "domains": int(len(v))}
 
     gain = np.asarray([r["gold_adapted"] - r["gold_reference"] for r in rows])
     lo, hi = bootstrap_interval(gain, test.bootstrap, test.seed)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metapl.bilevel import BilevelProblem, hypergradient, tree_vdot
+from metapl.bilevel import BilevelProblem, hypergradient, inner_solve, tree_vdot
 from metapl.meta.objectives import (
     RewardFn, agreement_outer_loss, onpolicy_inner_grad, policy_logprobs, projected_inner_loss, reward_pair_loss,
     sample_rewards,
@@ -116,6 +116,58 @@ def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelCo
     return dict(query, ref_chosen_logps=lp("chosen"), ref_rejected_logps=lp("rejected"))
 
 
+def _domain_inputs(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, cfg: MetaConfig,
+                   policy_config: ModelConfig, reward_fn: RewardFn, key: jax.Array | None, onpolicy: dict | None):
+    """(problem, per-domain meta-parameters or None, per-domain inner batches, query with reference log-probs,
+    rewards [E, P, N], solver options, reward VJP or None) shared by `meta_gradient` and `meta_loss`."""
+    query = with_reference_logprobs(theta0, base, policy_config, query)
+    if cfg.inner_solver == "projected":  # meta-parameter of each domain: its support samples' rewards
+        rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(reward_fn, p, support), phi)  # [E, P, N]
+        return domain_problem(cfg, policy_config, base, theta0), rewards, support, query, rewards, {}, reward_vjp
+    if key is None:
+        raise ValueError("the on-policy solver needs a PRNG key")
+    e = support["tokens"].shape[0]
+    rewards = jax.lax.stop_gradient(sample_rewards(reward_fn, phi, support))  # reported only
+    problem = onpolicy_problem(cfg, policy_config, base, theta0, reward_fn, onpolicy)
+    keys = jax.random.split(key, e * cfg.inner_steps).reshape(e, cfg.inner_steps, -1)
+    every_step = lambda x: jnp.broadcast_to(x[:, None], (e, cfg.inner_steps, *x.shape[1:]))  # noqa: E731
+    steps = {"prompt_tokens": every_step(support["prompt_tokens"]), "prompt_mask": every_step(support["prompt_mask"]),
+             "key": keys}
+    return problem, None, steps, query, rewards, {"per_step_batches": True}, None
+
+
+def _episode_metrics(losses: jax.Array, aux: dict, rewards: jax.Array) -> dict:
+    return {
+        "outer_loss": jnp.mean(losses),
+        "query_accuracy": aux["outer"]["query_accuracy"],  # [E]
+        "implicit_margin": jnp.mean(aux["outer"]["implicit_margin"]),
+        "inner_loss_first": jnp.mean(aux["inner_losses"][:, 0]),
+        "inner_loss_last": jnp.mean(aux["inner_losses"][:, -1]),
+        "reward_std": jnp.mean(jnp.std(rewards, axis=-1)),
+    }
+
+
+def meta_loss(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *, cfg: MetaConfig,
+              policy_config: ModelConfig, reward_fn: RewardFn, key: jax.Array | None = None,
+              onpolicy: dict | None = None) -> tuple[jax.Array, dict]:
+    """(mean outer loss over the episode's domains, metrics): the K inner steps and the outer loss, without the
+    hypergradient (evaluation). Arguments as in `meta_gradient`."""
+    problem, params, batches, query, rewards, opts, _ = _domain_inputs(
+        phi, theta0, base, support, query, cfg, policy_config, reward_fn, key, onpolicy)
+
+    def per_domain(p, s, q):
+        theta, _, inner_losses = inner_solve(problem, p, theta0, s, **opts)
+        loss, metrics = problem.outer_loss(theta, p, q)
+        return loss, {"outer": metrics, "inner_losses": inner_losses}
+
+    if params is not None:  # projected: each domain's rewards
+        losses, aux = jax.vmap(per_domain)(params, batches, query)
+    else:  # on-policy: φ for every domain
+        losses, aux = jax.vmap(per_domain, in_axes=(None, 0, 0))(phi, batches, query)
+    metrics = _episode_metrics(losses, aux, rewards)
+    return metrics["outer_loss"], metrics
+
+
 def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *,
                   cfg: MetaConfig, policy_config: ModelConfig, reward_fn: RewardFn, key: jax.Array | None = None,
                   onpolicy: dict | None = None) -> tuple[jax.Array, Params, dict]:
@@ -129,41 +181,22 @@ def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dic
     `onpolicy` = {"max_new_tokens", "eos_id", "pad_id"}.
     """
     e = support["tokens"].shape[0]
-    query = with_reference_logprobs(theta0, base, policy_config, query)
-    if cfg.inner_solver == "projected":
-        rewards, reward_vjp = jax.vjp(lambda p: sample_rewards(reward_fn, p, support), phi)  # [E, P, N]
-        problem = domain_problem(cfg, policy_config, base, theta0)
-
+    problem, params, batches, query, rewards, opts, reward_vjp = _domain_inputs(
+        phi, theta0, base, support, query, cfg, policy_config, reward_fn, key, onpolicy)
+    if params is not None:  # projected: hypergradients with respect to each domain's rewards, then through r_φ
         def per_domain(r, s, q):
             return hypergradient(problem, r, theta0, s, q, method=cfg.method, **cfg.method_options())
 
-        losses, d_rewards, aux = jax.vmap(per_domain)(rewards, support, query)
+        losses, d_rewards, aux = jax.vmap(per_domain)(params, batches, query)
         (dphi,) = reward_vjp(d_rewards / e)
-    else:
-        if key is None:
-            raise ValueError("the on-policy solver needs a PRNG key")
-        rewards = jax.lax.stop_gradient(sample_rewards(reward_fn, phi, support))  # reported only
-        problem = onpolicy_problem(cfg, policy_config, base, theta0, reward_fn, onpolicy)
-        keys = jax.random.split(key, e * cfg.inner_steps).reshape(e, cfg.inner_steps, -1)
+    else:  # on-policy: φ itself is each domain's meta-parameter
+        def per_domain(s, q):
+            return hypergradient(problem, phi, theta0, s, q, method=cfg.method, **opts, **cfg.method_options())
 
-        def per_domain(s, q, k):
-            every_step = lambda x: jnp.broadcast_to(x, (cfg.inner_steps, *x.shape))  # noqa: E731
-            steps = {"prompt_tokens": every_step(s["prompt_tokens"]), "prompt_mask": every_step(s["prompt_mask"]),
-                     "key": k}
-            return hypergradient(problem, phi, theta0, steps, q, method=cfg.method, per_step_batches=True,
-                                 **cfg.method_options())
-
-        losses, dphis, aux = jax.vmap(per_domain)(support, query, keys)
+        losses, dphis, aux = jax.vmap(per_domain)(batches, query)
         dphi = jax.tree.map(lambda x: jnp.mean(x, axis=0), dphis)
-    loss = jnp.mean(losses)
-    metrics = {
-        "outer_loss": loss,
-        "query_accuracy": aux["outer"]["query_accuracy"],  # [E]
-        "implicit_margin": jnp.mean(aux["outer"]["implicit_margin"]),
-        "inner_loss_first": jnp.mean(aux["inner_losses"][:, 0]),
-        "inner_loss_last": jnp.mean(aux["inner_losses"][:, -1]),
-        "reward_std": jnp.mean(jnp.std(rewards, axis=-1)),
-    }
+    metrics = _episode_metrics(losses, aux, rewards)
+    loss = metrics["outer_loss"]
     if cfg.method == "implicit":
         metrics.update(solver_residual=jnp.max(aux["solver_residual"]),
                        inner_grad_norm=jnp.max(aux["inner_grad_norm"]))

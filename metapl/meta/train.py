@@ -30,7 +30,7 @@ from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.episodes import EpisodeConfig, EpisodeSampler
 from metapl.data.schemas import PromptExample
-from metapl.meta.metagrad import MetaConfig, meta_gradient
+from metapl.meta.metagrad import MetaConfig, meta_gradient, meta_loss
 from metapl.meta.objectives import reward_function
 from metapl.models import SamplingConfig, generate, init_lora
 from metapl.models.config import ModelConfig
@@ -75,6 +75,7 @@ def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExamp
     stats = TruncationStats()
     sampling = SamplingConfig(max_new_tokens=max_response_tokens, temperature=1.0, stop_token_ids=(eos_id,))
     repeated = [p for p in prompts for _ in range(n)]
+    batch_size = min(batch_size, len(repeated))
     parts = []
     for start in range(0, len(repeated), batch_size):
         chunk = repeated[start:start + batch_size]
@@ -128,7 +129,7 @@ class EpisodeBatches:
 
 def setup_meta(cfg: RunConfig) -> Setup:
     from metapl.train.algorithms import (
-        _eval_batches, _model_and_benchmark, _pair_batches, _tree_prompts, reward_model_parameters,
+        _eval_batches, _model_and_benchmark, _pair_batches, domain_split, reward_model_parameters,
     )
 
     meta, episode_cfg, sample_opts = meta_options(cfg)
@@ -140,7 +141,7 @@ def setup_meta(cfg: RunConfig) -> Setup:
     else:
         theta0, base = init_lora(config, jax.random.PRNGKey(cfg.seed + 3)), params
 
-    pool = _tree_prompts(cfg, bench, sample_opts["support_pool"])
+    pool = [p for prompts, _ in domain_split(cfg, "train", sample_opts["support_pool"]).values() for p in prompts]
     samples = sample_reference(params, config.replace(lora=None), pool, sample_opts["samples_per_prompt"],
                                encode=bench.encode, pad_id=bench.pad_id, eos_id=bench.eos_id,
                                max_prompt_tokens=cfg.data.max_prompt_tokens,
@@ -172,13 +173,19 @@ def setup_meta(cfg: RunConfig) -> Setup:
             reward_fn(phi, b["rejected_tokens"], b["rejected_attention_mask"])
         return jnp.sum((diff > 0) * b["weights"]), jnp.sum(b["weights"])
 
+    @jax.jit
+    def eval_loss(phi, frozen, batch):  # the inner steps and the outer loss, no hypergradient
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 5), batch["episode"])
+        return meta_loss(phi, frozen["theta0"], frozen["base"], batch["support"], batch["query"], cfg=meta,
+                         policy_config=config, reward_fn=reward_function(config, frozen["rm"]), key=key,
+                         onpolicy=onpolicy)[1]
+
     pair_fn = jax.jit(pair_accuracy)
     eval_episodes = [batches.batch(10_000_000 + i) for i in range(2)]  # fixed episodes, never used for training
-    meta_fn = jax.jit(objective)
 
     def evaluate(phi, frozen):
         hits = [jax.device_get(pair_fn(phi, frozen, b)) for b in eval_sets]
-        outs = [jax.device_get(meta_fn(phi, frozen, b)[1]) for b in eval_episodes]
+        outs = [jax.device_get(eval_loss(phi, frozen, b)) for b in eval_episodes]
         return {"pair_accuracy": float(sum(h for h, _ in hits) / sum(n for _, n in hits)),
                 "eval_outer_loss": float(np.mean([o["outer_loss"] for o in outs])),
                 "eval_query_accuracy": float(np.mean([o["query_accuracy"] for o in outs]))}

@@ -90,6 +90,40 @@ def load_benchmark(cfg: RunConfig, tokenizer=None) -> Benchmark:
     raise ConfigError(f"data.benchmark: unknown benchmark {data.benchmark!r} (synthetic_domains, sentiment_domains)")
 
 
+def domain_split(cfg: RunConfig, split: str, prompts_per_domain: int) -> dict[str, tuple[list, list]]:
+    """{domain: (its first `prompts_per_domain` prompts, its labelled pairs)} for the benchmark's meta-train
+    ("train") or held-out ("heldout") domains, in the benchmark's domain order."""
+    if split not in ("train", "heldout"):
+        raise ConfigError(f"split must be train or heldout, got {split!r}")
+    if cfg.data.benchmark == "synthetic_domains":
+        from metapl.data.synthetic import SyntheticDomains
+
+        synth = SyntheticDomains(cfg.data.synthetic)
+        domains = synth.train_domains if split == "train" else synth.heldout_domains
+        return {d: (synth.prompts(d, prompts_per_domain), synth.pairs(d)) for d in domains}
+    if cfg.data.benchmark != "sentiment_domains":
+        raise ConfigError(f"data.benchmark: unknown benchmark {cfg.data.benchmark!r}")
+    from metapl.data.commands import default_data_dir
+    from metapl.data.tfds_builders import VERSION, load_records
+
+    root = (Path(cfg.data.data_dir) if cfg.data.data_dir else default_data_dir()) / "sentiment_domains"
+    prompts_dir, pairs_dir = root / "prompts" / VERSION, root / "pairs" / VERSION
+    if not prompts_dir.exists():
+        raise ConfigError(f"{prompts_dir} does not exist; run `metapl data build sentiment_domains` first")
+    out: dict[str, tuple[list, list]] = {}
+    for p in load_records(prompts_dir, split):
+        out.setdefault(p.domain, ([], []))[0].append(p)
+    for p in load_records(pairs_dir, split):
+        if p.domain in out:
+            out[p.domain][1].append(p)
+    short = {d: len(v[0]) for d, v in out.items() if len(v[0]) < prompts_per_domain}
+    if short:
+        raise ConfigError(f"{prompts_dir} ({split}): {len(short)} domain(s) have fewer than {prompts_per_domain} "
+                          f"prompts (e.g. {dict(list(short.items())[:3])}); rebuild with a larger "
+                          "--prompts-per-domain or ask for fewer prompts")
+    return {d: (v[0][:prompts_per_domain], v[1]) for d, v in out.items()}
+
+
 def load_model(cfg: RunConfig, vocab_size: int | None) -> tuple[ModelConfig, Any, Any]:
     """(config, params, tokenizer or None) with LoRA configured when model.lora_rank > 0."""
     spec = cfg.model
@@ -166,12 +200,11 @@ def _weighted_mean(rows: list[dict], weights: list[float]) -> dict:
     return {k: sum(float(r[k]) * w for r, w in zip(rows, weights)) / total for k in rows[0]}
 
 
-def gold_scores(bench: Benchmark, prompts: list[PromptExample], out) -> list[float]:
-    """The gold judge's score of each sampled response (GenerationOutput `out`, one row per prompt).
-
-    An empty response (the policy stopped at once) scores 0 on either benchmark."""
+def gold_scores(bench: Benchmark, prompts: list[PromptExample], tokens, mask) -> list[float]:
+    """The gold judge's score of each sampled response (tokens, mask [B, N] as in GenerationOutput; one row per
+    prompt). An empty response (the policy stopped at once) scores 0 on either benchmark."""
     scores = []
-    for prompt, row, keep in zip(prompts, np.asarray(out.tokens), np.asarray(out.mask)):
+    for prompt, row, keep in zip(prompts, np.asarray(tokens), np.asarray(mask)):
         response = bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
         scores.append(bench.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
     return scores
@@ -192,7 +225,7 @@ def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, 
     out = generate(params, config, tokens, mask, jax.random.PRNGKey(seed),
                    SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
                                   stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora)
-    return float(np.mean(gold_scores(bench, bench.eval_prompts, out)))
+    return float(np.mean(gold_scores(bench, bench.eval_prompts, out.tokens, out.mask)))
 
 
 def _model_and_benchmark(cfg: RunConfig, reward_bins: int = 0) -> tuple[ModelConfig, Any, Benchmark]:
@@ -544,7 +577,7 @@ class Rollouts:
         out = generate(p, self.config, tokens, mask, jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step),
                        SamplingConfig(max_new_tokens=self.cfg.data.max_response_tokens, temperature=1.0,
                                       stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora)
-        batch = dict(out.sequences(), rewards=jnp.asarray(gold_scores(self.bench, chosen, out), jnp.float32))
+        batch = dict(out.sequences(), rewards=jnp.asarray(gold_scores(self.bench, chosen, out.tokens, out.mask), jnp.float32))
         ref_params = self.frozen if self.frozen is not None else p
         batch["ref_logps"] = self._ref(ref_params, batch)
         return batch

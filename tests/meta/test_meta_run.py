@@ -1,5 +1,7 @@
 """`metapl train meta` on synthetic_domains: a run directory with the meta metrics, exact resume, config errors."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -61,6 +63,13 @@ def test_meta_test_of_an_rm_run_and_a_meta_run(tmp_path, capsys):
         lo, hi = result[key]["ci95"]
         assert lo <= result[key]["mean"] <= hi, key
     assert (rm_dir / "meta_test_heldout.json").is_file() and (rm_dir / "meta_test_heldout.md").is_file()
+    # Domains are adapted and decoded in vmapped chunks; each domain's numbers do not depend on the chunking.
+    chunked = meta_test(rm_dir, "heldout", dataclasses.replace(test, domains_per_batch=4), write=False,
+                        progress=False)
+    for a, b in zip(result["per_domain"], chunked["per_domain"]):
+        assert a["domain"] == b["domain"]
+        for key in ("gold_adapted", "gold_reference", "rm_pair_accuracy", "inner_loss_last"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["domain"], key)
 
     meta_dir = tmp_path / "meta"
     train(meta_dir, prepare_run_dir(meta_dir, None, TINY + ["steps=2"], False), progress=False)

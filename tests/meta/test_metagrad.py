@@ -157,6 +157,21 @@ def test_projected_and_agreement_losses_against_numpy():
         assert float(m["query_accuracy"]) == 0.0
 
 
+def test_meta_loss_is_the_meta_gradients_loss_without_the_gradient():
+    from metapl.meta import meta_loss
+
+    with x64():
+        cfg = MetaConfig(beta=0.5, beta_out=1.0, inner_steps=3, inner_lr=0.5)
+        fn, phi, (theta0, base, support, query) = run(cfg)
+        loss, _, metrics = fn(phi, theta0, base, support, query)
+        pcfg, rcfg = setup()[:2]
+        loss_only, m = jax.jit(functools.partial(meta_loss, cfg=cfg, policy_config=pcfg, reward_fn=reward_function(
+            rcfg)))(phi, theta0, base, support, query)
+        np.testing.assert_allclose(loss_only, loss, rtol=1e-12)
+        for key in ("query_accuracy", "inner_loss_first", "inner_loss_last", "implicit_margin"):
+            np.testing.assert_allclose(m[key], metrics[key], rtol=1e-12, err_msg=key)
+
+
 def onpolicy_run(cfg, seed=0):
     pcfg, rcfg, base, theta0, phi, support, query = setup(seed)
     prompt_len = T - RESPONSE

@@ -5,24 +5,25 @@ import numpy as np
 from metapl.cli import main
 from metapl.data.judges import VaderJudge
 from metapl.data.tfds_builders import load_records, read_metadata
+from tests.slow.conftest import SENTIMENT_BUILD
 
 
-def test_build_and_show_sentiment_domains(tmp_path, capsys):
-    args = ["data", "build", "sentiment_domains", "--data-dir", str(tmp_path), "--pairs-per-domain", "1",
-            "--prompts-per-domain", "4", "--max-new-tokens", "12"]
-    assert main(args) == 0
+def test_build_and_show_sentiment_domains(sentiment_data, capsys):
+    tmp_path = sentiment_data  # built by the session fixture with SENTIMENT_BUILD (8 pairs, 8 prompts per domain)
+    args = ["data", "build", "sentiment_domains", "--data-dir", str(tmp_path), *SENTIMENT_BUILD]
     pairs_dir = tmp_path / "sentiment_domains" / "pairs" / "1.0.0"
     meta = read_metadata(pairs_dir)
     assert len(meta["train_domains"]) == 12 and len(meta["heldout_domains"]) >= 20
     assert len(meta["train_domains"]) + len(meta["heldout_domains"]) >= 24
     pairs = load_records(pairs_dir, "heldout")
-    assert len(pairs) + meta["identical_pairs_discarded"] >= 20  # one pair per held-out domain, or counted
+    # every held-out pair is kept, or counted as discarded (the count covers both splits)
+    assert len(pairs) <= 8 * len(meta["heldout_domains"]) <= len(pairs) + meta["identical_pairs_discarded"]
     judge = VaderJudge()
     for p in pairs:  # the stored margin is the judge's, on prompt + continuation (stored in float32)
         a, b = judge.score([p.prompt + p.chosen, p.prompt + p.rejected])
         assert np.isclose(p.gold_margin, a - b, atol=1e-6)
     prompts = load_records(tmp_path / "sentiment_domains" / "prompts" / "1.0.0", "heldout")
-    assert len(prompts) == 4 * len(meta["heldout_domains"]) and all(p.reference.startswith(p.prompt) for p in prompts)
+    assert len(prompts) == 8 * len(meta["heldout_domains"]) and all(p.reference.startswith(p.prompt) for p in prompts)
 
     capsys.readouterr()
     assert main(["data", "show", "sentiment_domains", "--data-dir", str(tmp_path), "--config", "prompts",

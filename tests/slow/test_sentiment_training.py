@@ -14,11 +14,8 @@ LORA = ["model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_target
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sentiment")
-    assert main(["data", "build", "sentiment_domains", "--data-dir", str(root), "--pairs-per-domain", "6",
-                 "--prompts-per-domain", "4", "--max-new-tokens", "16"]) == 0
-    return root
+def data_dir(sentiment_data):  # the session's build (tests/slow/conftest.py)
+    return sentiment_data
 
 
 def _gold(run_dir):
