@@ -145,11 +145,12 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
-        keys = jnp.stack([jax.random.PRNGKey(test.seed * 100_003 + names.index(d)) for d in chunk])
+        keys = jnp.stack([jax.random.PRNGKey(test.seed * 100_003 + names.index(name)) for name in chunk])
         # N reference samples of each optimisation prompt: support [D, P, N, T].
-        tokens, mask = prompt_batch([[p for p in domains[d][0][: test.prompts] for _ in range(n)] for d in chunk])
+        tokens, mask = prompt_batch([[p for p in domains[name][0][: test.prompts] for _ in range(n)]
+                                     for name in chunk])
         thetas, losses = adapt_chunk(phi, frozen, sample_support(frozen, tokens, mask, keys))
-        eval_prompts = [domains[d][0][test.prompts:] for d in chunk]
+        eval_prompts = [domains[name][0][test.prompts:] for name in chunk]
         tokens, mask = prompt_batch(eval_prompts)
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         outs = {"adapted": sample_chunk(thetas, base, tokens, mask, eval_keys),
