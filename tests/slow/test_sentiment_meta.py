@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from metapl.cli import main
 from metapl.train.run import read_metrics
 from tests.slow.conftest import SENTIMENT_BUILD
@@ -15,6 +17,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "meta
 TEST = ["--prompts", "2", "--eval-prompts", "6", "--samples", "4", "--no-progress"]
 
 
+@pytest.mark.timeout(1800)  # the whole comparison: ~17 min on a 2-core CPU (the suite's default limit is 15)
 def test_meta_and_bradley_terry_reward_models_on_heldout_sentiment_domains(sentiment_data, tmp_path):
     build_line = next(line for line in CONFIG.read_text().splitlines() if line.startswith("# build:"))
     assert build_line.split(":", 1)[1].split() == SENTIMENT_BUILD  # the config names the build the test uses
