@@ -105,9 +105,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         theta, _, losses = inner_solve(problem, rewards, frozen["theta0"], support)
         return theta, losses
 
-    if split not in ("heldout", "train"):
-        raise ConfigError(f"--domains must be heldout or train, got {split!r}")
-    domains = domain_split(cfg, split, test.prompts + test.eval_prompts)
+    domains = domain_split(cfg, split, test.prompts + test.eval_prompts)  # checks `split`
     shape = SequenceShape(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     sampling = SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
                               stop_token_ids=(bench.eos_id,))
@@ -126,7 +124,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
     @jax.jit
     def sample_support(frozen, tokens, mask, keys):  # N reference samples per prompt: [D, P, N, T]
-        out = jax.vmap(sample, in_axes=(None, None, 0, 0, 0))(frozen["theta0"], frozen["base"], tokens, mask, keys)
+        out = sample_reference_chunk(frozen["theta0"], frozen["base"], tokens, mask, keys)
         return jax.tree.map(lambda v: v.reshape(d, test.prompts, n, -1), out)
 
     @jax.jit
