@@ -33,7 +33,7 @@ class MetaConfig:
 
     beta: inner KL weight (the projected weights are softmax(r/β)); beta_out: outer DPO temperature β_o;
     inner_steps K and the inner optimiser (`inner_optimizer` "sgd" or "adam", `inner_lr`); method and its
-    options (`checkpoint`, `truncate` for unrolled; `solver`, `solver_iterations`, `damping` for implicit;
+    options (`checkpoint`, `truncate`, `adjoint` for unrolled; `solver`, `solver_iterations`, `damping` for implicit;
     `first_order_scale`); bt_weight λ of the Bradley–Terry term on the query pairs; prox ρ of the proximal term
     (ρ/2)‖θ − θ₀‖² in the inner loss (give one > 0 with the implicit method); inner_solver "projected"
     (reference samples, reward-weighted likelihood) or "onpolicy" (`onpolicy_samples` samples per prompt from
@@ -48,6 +48,7 @@ class MetaConfig:
     method: Literal["unrolled", "implicit", "first_order"] = "unrolled"
     checkpoint: bool = False
     truncate: int | None = None
+    adjoint: bool = False
     solver: Literal["cg", "neumann"] = "cg"
     solver_iterations: int = 20
     damping: float = 0.0
@@ -75,7 +76,7 @@ class MetaConfig:
 
     def method_options(self) -> dict:
         if self.method == "unrolled":
-            return {"checkpoint": self.checkpoint, "truncate": self.truncate}
+            return {"checkpoint": self.checkpoint, "truncate": self.truncate, "adjoint": self.adjoint}
         if self.method == "implicit":
             return {"solver": self.solver, "iterations": self.solver_iterations, "damping": self.damping,
                     "neumann_step_size": self.inner_lr}

@@ -63,6 +63,7 @@ def rel_err(a, b):
 @pytest.mark.parametrize("method,options", [
     ("unrolled", {}),
     ("unrolled", {"checkpoint": True}),
+    ("unrolled", {"adjoint": True}),
     ("implicit", {"solver": "cg", "iterations": 60, "tolerance": 1e-12}),
     ("implicit", {"solver": "neumann", "iterations": 4000, "neumann_step_size": 1.0}),
 ])
@@ -149,7 +150,8 @@ def test_first_order_is_exact_when_the_inner_hessian_is_the_identity():
         np.testing.assert_allclose(d, b.T @ (theta_star - t), rtol=1e-6)
 
 
-def test_truncation_keeps_only_the_last_steps():
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_truncation_keeps_only_the_last_steps(adjoint):
     """With truncate=M on the linear-quadratic problem (SGD, step η), θ_K = Σ_k (I−ηH)^k ηBφ, and only the last M
     terms carry φ's derivative: dF/dφ = (Σ_{k<M} (I−ηH)^k ηB)ᵀ (θ_K − t)."""
     with x64():
@@ -159,7 +161,8 @@ def test_truncation_keeps_only_the_last_steps():
         a = np.eye(h.shape[0]) - eta * h
         theta_k = sum(np.linalg.matrix_power(a, k) @ (eta * b @ phi) for k in range(k_steps))
         jac = sum(np.linalg.matrix_power(a, k) @ (eta * b) for k in range(m))
-        _, d, aux = hypergradient(problem, jnp.asarray(phi), jnp.zeros(h.shape[0]), None, None, truncate=m)
+        _, d, aux = hypergradient(problem, jnp.asarray(phi), jnp.zeros(h.shape[0]), None, None, truncate=m,
+                                  adjoint=adjoint)
         np.testing.assert_allclose(aux["theta"], theta_k, rtol=1e-10)
         np.testing.assert_allclose(d, jac.T @ (theta_k - t), rtol=1e-9)
         assert aux["inner_losses"].shape == (k_steps,)
