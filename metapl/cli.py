@@ -117,10 +117,10 @@ def _cmd_meta_test(args: argparse.Namespace) -> int:
     enable_compile_cache()
     test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
                           steps=args.steps, lr=args.lr, beta=args.beta, prox=args.prox, seed=args.seed,
-                          domains_per_batch=args.domains_per_batch)
+                          domains_per_batch=args.domains_per_batch, reward=args.reward)
     result = meta_test(args.run, args.domains, test, progress=not args.no_progress)
     keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "rm_pair_accuracy")
-    print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"],
+    print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"], "reward": args.reward,
                       **{k: result[k] for k in keys}}))
     return 0
 
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--domains-per-batch", type=_positive_int, default=8,
                    help="domains adapted and decoded together (vmapped; memory grows with it)")
+    m.add_argument("--reward", default="model", choices=("model", "gold"),
+                   help="what guides the solver: the run's reward model, or the benchmark's gold reward (oracle)")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_meta_test)
     return parser

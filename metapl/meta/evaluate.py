@@ -9,7 +9,8 @@ adapted policy over the reference (ties count ½), and the reward model's accura
 over domains: means with percentile-bootstrap 95% intervals (domains resampled).
 
 Works with a `metapl train meta` run or a `metapl train rm` run (the Bradley–Terry baseline): both store the
-reward model in the same layout.
+reward model in the same layout. With `reward="gold"` the same solver is guided by the benchmark's gold reward of
+the reference samples instead of r_φ (an oracle: what this solver reaches with the true reward, at the same β).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class MetaTestConfig:
     """prompts: optimisation prompts per domain; eval_prompts: further prompts per domain for the gold judge;
     samples_per_prompt: reference samples N; steps, lr, beta, prox: the projected solver (default: the meta run's
     inner problem, or MetaConfig's defaults for an rm run); bootstrap: resamples for the intervals;
-    domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it)."""
+    domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it); reward: "model"
+    (the run's r_φ) or "gold" (the gold judge's scores of the reference samples: the oracle)."""
 
     prompts: int = 16
     eval_prompts: int = 32
@@ -50,6 +52,11 @@ class MetaTestConfig:
     bootstrap: int = 2000
     seed: int = 0
     domains_per_batch: int = 8
+    reward: str = "model"
+
+    def __post_init__(self):
+        if self.reward not in ("model", "gold"):
+            raise ValueError(f"reward must be 'model' or 'gold', got {self.reward!r}")
 
 
 def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -99,9 +106,8 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     # Weights enter the compiled functions as arguments (closed over, they would be baked in as constants).
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
 
-    def adapt(phi, frozen, support):  # one domain: support [P, N, T] -> (adapted θ, inner losses [K])
+    def adapt(rewards, frozen, support):  # one domain: rewards [P, N], support [P, N, T] -> (θ, inner losses [K])
         problem = domain_problem(meta, config, frozen["base"], frozen["theta0"])  # the projected solver
-        rewards = sample_rewards(reward_function(config, frozen["rm"]), phi, support)
         theta, _, losses = inner_solve(problem, rewards, frozen["theta0"], support)
         return theta, losses
 
@@ -118,7 +124,9 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     # decoding as one batch (decoding is bound by reading the weights, so batching domains is nearly free).
     # Every domain has its own keys, so the numbers do not depend on the chunking.
     d, n = test.domains_per_batch, test.samples_per_prompt
-    adapt_chunk = jax.jit(jax.vmap(adapt, in_axes=(None, None, 0)))
+    adapt_chunk = jax.jit(jax.vmap(adapt, in_axes=(0, None, 0)))
+    model_rewards = jax.jit(lambda phi, frozen, support: sample_rewards(reward_function(config, frozen["rm"]), phi,
+                                                                        support))
     sample_chunk = jax.jit(jax.vmap(sample, in_axes=(0, None, 0, 0, 0)))
     sample_reference_chunk = jax.jit(jax.vmap(sample, in_axes=(None, None, 0, 0, 0)))
 
@@ -139,6 +147,16 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         return tuple(jnp.asarray(np.stack(a)) for a in zip(*arrays))
 
     names, tp = list(domains), cfg.data.max_prompt_tokens
+
+    def gold_rewards(chunk, support):  # the gold judge's scores of the support samples [D, P, N]
+        support = jax.device_get(support)
+        scores = []
+        for j, name in enumerate(chunk):
+            prompts = [p for p in domains[name][0][: test.prompts] for _ in range(n)]
+            flat = {k: v[j].reshape(test.prompts * n, -1)[:, tp:] for k, v in support.items()}
+            scores.append(np.reshape(gold_scores(bench, prompts, flat["tokens"], flat["response_mask"]),
+                                     (test.prompts, n)))
+        return jnp.asarray(np.stack(scores), jnp.float32)
     rows = []
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
@@ -147,7 +165,9 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         # N reference samples of each optimisation prompt: support [D, P, N, T].
         tokens, mask = prompt_batch([[p for p in domains[name][0][: test.prompts] for _ in range(n)]
                                      for name in chunk])
-        thetas, losses = adapt_chunk(phi, frozen, sample_support(frozen, tokens, mask, keys))
+        support = sample_support(frozen, tokens, mask, keys)
+        rewards = gold_rewards(chunk, support) if test.reward == "gold" else model_rewards(phi, frozen, support)
+        thetas, losses = adapt_chunk(rewards, frozen, support)
         eval_prompts = [domains[name][0][test.prompts:] for name in chunk]
         tokens, mask = prompt_batch(eval_prompts)
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -185,6 +205,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     lo, hi = bootstrap_interval(gain, test.bootstrap, test.seed)
     result = {
         "run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": step, "split": split, "domains": len(rows),
+        "reward": test.reward,
         "solver": {"kind": "projected", "steps": meta.inner_steps, "lr": meta.inner_lr, "optimizer":
                    meta.inner_optimizer, "beta": meta.beta, "prox": meta.prox},
         "test": dataclasses.asdict(test),
@@ -194,8 +215,9 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         "per_domain": rows,
     }
     if write:
-        (run_dir / f"meta_test_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (run_dir / f"meta_test_{split}.md").write_text(render(result))
+        stem = f"meta_test_{split}" + ("_gold" if test.reward == "gold" else "")
+        (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (run_dir / f"{stem}.md").write_text(render(result))
     return result
 
 
@@ -206,7 +228,8 @@ def render(result: dict) -> str:
     s = result["solver"]
     lines = [
         f"# Meta-test of {result['run_dir']} ({result['algo']} run, step {result['checkpoint_step']}) on "
-        f"{result['domains']} {result['split']} domains",
+        f"{result['domains']} {result['split']} domains"
+        + (", solver guided by the gold reward (oracle)" if result.get("reward") == "gold" else ""),
         "",
         f"Projected solver: {s['steps']} {s['optimizer']} steps, lr {s['lr']}, β {s['beta']}, prox {s['prox']}; "
         f"{result['test']['prompts']} prompts × {result['test']['samples_per_prompt']} reference samples per domain; "
