@@ -13,8 +13,8 @@ first-order. For each K and method:
   memory  XLA's compiled memory analysis (deterministic on CPU): peak = temp + arguments + outputs, the buffers
           live during the call; the single-inner-step program (value_and_grad + update) is the unit.
 Targets (LoRA θ): implicit peak flat in K (K=64 / K=1 <= 1.2); unrolled with rematerialisation (checkpoint, and
-the adjoint loop) peak <= 2x one inner step's at K=16; hypergradient time <= 3x the time of its K inner steps. For full-weight θ the slope of the unrolled peak
-per extra inner step is reported in parameter copies (4 bytes x |θ|).
+the adjoint loop) peak <= 2x one inner step's at K=16; hypergradient time <= 3x the time of its K inner steps.
+For full-weight θ each method's peak per extra inner step is reported in parameter copies (4 bytes per entry).
 
     python experiments/bench_hypergrad.py            # K in 1, 4, 16, 64 (~10 min on 2 cores)
     python experiments/bench_hypergrad.py --quick    # K in 1, 4

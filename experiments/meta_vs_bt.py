@@ -11,6 +11,11 @@ reference per domain, with bootstrap 95% intervals; JSON + markdown in experimen
     python experiments/meta_vs_bt.py                       # defaults below, ~10 min on 2 cores
     python experiments/meta_vs_bt.py --steps 300 --inner-steps 8
     python experiments/meta_vs_bt.py --sentiment --data-dir DIR   # SmolLM2-135M + LoRA, small config (~20 min)
+    python experiments/meta_vs_bt.py --oracle --set data.synthetic.shift=1.5   # + the gold-reward oracle row
+
+--set KEY=VALUE (repeatable) overrides the run config of both runs (e.g. the benchmark's knobs); --oracle adds a
+meta-test of the same solver guided by the gold reward (`metapl meta-test --reward gold`): the ceiling any reward
+model can reach with that solver and β.
 
 --sentiment uses experiments/configs/meta_sentiment.yaml (model, data shapes, episodes) for both runs and a
 sentiment_domains build in --data-dir (built there first if missing, with the settings the config names).
@@ -62,6 +67,10 @@ def main() -> int:
     p.add_argument("--inner-lr", type=float, default=None, help="(0.02; sentiment 0.05)")
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--beta-out", type=float, default=1.0)
+    p.add_argument("--bt-weight", type=float, default=0.0, help="λ of the meta run's Bradley–Terry term")
+    p.add_argument("--test-steps", type=int, default=None, help="meta-test solver steps (default: --inner-steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for both runs")
+    p.add_argument("--oracle", action="store_true", help="also meta-test with the gold reward guiding the solver")
     p.add_argument("--method", default="unrolled")
     p.add_argument("--inner-solver", default="projected")
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +91,7 @@ def main() -> int:
     metapl = [sys.executable, "-m", "metapl.cli"]
     root = Path(args.out or tempfile.mkdtemp(prefix="metapl-meta-vs-bt-"))
     common = [f"steps={args.steps}", f"eval_every={args.steps}", f"checkpoint_every={args.steps}",
-              f"optim.learning_rate={args.lr}", f"seed={args.seed}", "--no-progress"]
+              f"optim.learning_rate={args.lr}", f"seed={args.seed}", *args.set, "--no-progress"]
     benchmark = "synthetic_domains"
     if args.sentiment:
         benchmark = "sentiment_domains"
@@ -99,24 +108,29 @@ def main() -> int:
     bt_s = time.perf_counter() - t0
     meta_opts = [f"meta.inner_steps={args.inner_steps}", f"meta.inner_lr={args.inner_lr}", f"meta.beta={args.beta}",
                  f"meta.beta_out={args.beta_out}", f"meta.method={args.method}",
-                 f"meta.inner_solver={args.inner_solver}"] + ([] if args.sentiment else ["meta.feedback_budget=64"])
+                 f"meta.inner_solver={args.inner_solver}", f"meta.bt_weight={args.bt_weight}"]
+    meta_opts += [] if args.sentiment else ["meta.feedback_budget=64"]
     t0 = time.perf_counter()
     meta = run(metapl + ["train", "meta", "--run-dir", str(root / "meta"), *common, *meta_opts])
     meta_s = time.perf_counter() - t0
-    test = ["--steps", str(args.inner_steps), "--lr", str(args.inner_lr), "--beta", str(args.beta), "--no-progress",
+    test_steps = args.test_steps or args.inner_steps
+    test = ["--steps", str(test_steps), "--lr", str(args.inner_lr), "--beta", str(args.beta), "--no-progress",
             "--seed", str(args.seed)]
     for flag, value in (("--prompts", args.prompts), ("--eval-prompts", args.eval_prompts),
                         ("--samples", args.samples)):
         if value is not None:
             test += [flag, str(value)]
     results = {name: run(metapl + ["meta-test", "--run", str(root / name), *test]) for name in ("bt", "meta")}
+    if args.oracle:
+        results["gold"] = run(metapl + ["meta-test", "--run", str(root / "bt"), *test, "--reward", "gold"])
 
     def ci(s):
         return f"{s['mean']:.4f} [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
 
     rows = [f"| {label} | {ci(r['gold_adapted'])} | {ci(r['gold_gain'])} | {ci(r['win_rate'])} | "
             f"{ci(r['rm_pair_accuracy'])} |"
-            for label, r in (("Bradley–Terry RM", results["bt"]), ("meta-learned RM", results["meta"]))]
+            for label, r in (("Bradley–Terry RM", results["bt"]), ("meta-learned RM", results["meta"]),
+                             ("gold reward (oracle)", results.get("gold"))) if r is not None]
     ref = results["bt"]["gold_reference"]
     setup = json.loads((root / "meta" / "setup.json").read_text())
     command = "python experiments/meta_vs_bt.py " + " ".join(sys.argv[1:])
@@ -127,8 +141,12 @@ def main() -> int:
         f"the same training pairs ({setup['train_pairs']} pairs of the "
         f"meta-train domains' training split). Model: {_model_line(args)}. Meta-training: {args.inner_solver} "
         f"inner solver, {args.method} hypergradient, K = {args.inner_steps}, inner lr {args.inner_lr}, "
-        f"β = {args.beta}, β_o = {args.beta_out}. Meta-test (both): projected solver, K = {args.inner_steps}, "
-        f"lr {args.inner_lr}, β = {args.beta}, from the reference policy. Reference policy gold reward: {ci(ref)}.",
+        f"β = {args.beta}, β_o = {args.beta_out}, λ_BT = {args.bt_weight}. Meta-test (both): projected solver, "
+        f"K = {test_steps}, "
+        f"lr {args.inner_lr}, β = {args.beta}, from the reference policy. Reference policy gold reward: {ci(ref)}."
+        + (f" Config overrides (both runs): {', '.join(args.set)}." if args.set else "")
+        + (" The oracle row's solver is guided by the gold reward; its pair accuracy is the BT model's."
+           if args.oracle else ""),
         "",
         "| reward model | gold reward, adapted | gold gain vs reference | win rate vs reference | RM pair accuracy "
         "(held-out domains) |",
@@ -144,7 +162,7 @@ def main() -> int:
     payload = {"command": command, "args": vars(args), "bt_train": bt, "meta_train": meta, "meta_test": results,
                "train_seconds": {"bt": bt_s, "meta": meta_s}, "run_dirs": str(root)}
     out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / f"{name}.md").write_text(md)
     print(md)

@@ -209,10 +209,11 @@ def unrolled_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params,
                            truncate: int | None = None, adjoint: bool = False) -> tuple[jax.Array, Params, dict]:
     """(F(φ), dF/dφ, aux) by reverse-mode through the K inner steps (the last `truncate` of them, if given).
 
-    `adjoint=True` runs the same reverse pass as a hand-written loop: the forward scan stores each step's θ_k and
-    optimiser state and update direction g_k, and the backward scan pulls the adjoint through the optimiser update
-    (`vjp` at g_k, elementwise) and then through the gradient by forward-over-reverse products (`_pullback_through_gradient`). Same hypergradient, with less memory and time than
-    `jax.grad` of the scan with or without `checkpoint`.
+    `adjoint=True` runs the same reverse pass as a hand-written loop: the forward scan stores each step's θ_k,
+    optimiser state and update direction g_k, and the backward scan pulls the adjoint through the optimiser
+    update (`vjp` at g_k, elementwise) and then through the gradient by forward-over-reverse products
+    (`_pullback_through_gradient`). Same hypergradient, with less memory and time than `jax.grad` of the scan
+    with or without `checkpoint` (experiments/bench_hypergrad.py).
     """
     k = problem.steps
     if truncate is not None and not 1 <= truncate <= k:

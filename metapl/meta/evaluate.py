@@ -37,10 +37,10 @@ from metapl.models.sampling import generate_traced
 @dataclasses.dataclass(frozen=True)
 class MetaTestConfig:
     """prompts: optimisation prompts per domain; eval_prompts: further prompts per domain for the gold judge;
-    samples_per_prompt: reference samples N; steps, lr, beta, prox: the projected solver (default: the meta run's
-    inner problem, or MetaConfig's defaults for an rm run); bootstrap: resamples for the intervals;
-    domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it); reward: "model"
-    (the run's r_φ) or "gold" (the gold judge's scores of the reference samples: the oracle)."""
+    samples_per_prompt: reference samples N; steps, lr, beta, prox: the projected solver (default: the run
+    config's `meta` section, or MetaConfig's defaults for an rm run without one); bootstrap: resamples for the
+    intervals; domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it); reward:
+    "model" (the run's r_φ) or "gold" (the gold judge's scores of the reference samples: the oracle)."""
 
     prompts: int = 16
     eval_prompts: int = 32
@@ -95,7 +95,9 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
     run_dir = Path(run_dir)
     cfg, config, params, bench, phi, rm_frozen, step = _restore_reward(run_dir)
-    meta = meta_options(cfg)[0] if cfg.algo == "meta" else MetaConfig()
+    # The run's inner problem: a meta run's, or the `meta` section an rm run was given (e.g. the same config file
+    # as the meta run it is compared with); MetaConfig's defaults otherwise.
+    meta = meta_options(cfg)[0] if cfg.algo == "meta" or cfg.meta else MetaConfig()
     meta = dataclasses.replace(meta, **{k: v for k, v in (("inner_steps", test.steps), ("inner_lr", test.lr),
                                                           ("beta", test.beta), ("prox", test.prox)) if v is not None})
     if config.lora is None:

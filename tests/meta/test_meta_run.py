@@ -58,7 +58,7 @@ def test_meta_test_of_an_rm_run_and_a_meta_run(tmp_path, capsys):
     test = MetaTestConfig(prompts=2, eval_prompts=4, samples_per_prompt=2, bootstrap=200)
     result = meta_test(rm_dir, "heldout", test, progress=False)
     assert result["domains"] == 6 and len(result["per_domain"]) == 6
-    assert result["solver"]["steps"] == 4  # MetaConfig's default inner problem for an rm run
+    assert result["solver"]["steps"] == 2 and result["solver"]["lr"] == 0.05  # the rm run config's meta section
     for key in ("gold_adapted", "gold_reference", "gold_gain", "win_rate", "rm_pair_accuracy"):
         lo, hi = result[key]["ci95"]
         assert lo <= result[key]["mean"] <= hi, key
@@ -81,6 +81,12 @@ def test_meta_test_of_an_rm_run_and_a_meta_run(tmp_path, capsys):
     assert [r["gold_reference"] for r in oracle["per_domain"]] == [r["gold_reference"] for r in guided["per_domain"]]
     assert oracle["gold_gain"]["ci95"][0] > 0 and oracle["win_rate"]["mean"] > 0.5
     assert oracle["gold_gain"]["mean"] > guided["gold_gain"]["mean"]
+
+    bare = tmp_path / "rm_bare"  # an rm run without a meta section: MetaConfig's defaults
+    train(bare, prepare_run_dir(bare, None, ["algo=rm", "steps=1"] + [o for o in common if not o.startswith("meta.")],
+                                False), progress=False)
+    assert meta_test(bare, "heldout", dataclasses.replace(test, domains_per_batch=6), write=False,
+                     progress=False)["solver"]["steps"] == 4
 
     meta_dir = tmp_path / "meta"
     train(meta_dir, prepare_run_dir(meta_dir, None, TINY + ["steps=2"], False), progress=False)

@@ -14,7 +14,7 @@ from metapl.train.run import read_metrics
 from tests.slow.conftest import SENTIMENT_BUILD
 
 CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "meta_sentiment.yaml"
-# The same solver for both reward models (an rm run's own default would be MetaConfig's), as meta_vs_bt.py runs it.
+# The same solver for both reward models, given explicitly as meta_vs_bt.py gives it.
 TEST = ["--prompts", "2", "--eval-prompts", "6", "--samples", "4", "--steps", "2", "--lr", "0.05", "--beta", "0.5",
         "--seed", "0", "--no-progress"]
 
