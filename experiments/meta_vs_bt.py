@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from metapl.meta.evaluate import paired_difference
+
 
 def run(cmd: list[str]) -> dict:
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -121,6 +123,8 @@ def main() -> int:
         if value is not None:
             test += [flag, str(value)]
     results = {name: run(metapl + ["meta-test", "--run", str(root / name), *test]) for name in ("bt", "meta")}
+    per_domain = {name: json.loads((root / name / "meta_test_heldout.json").read_text()) for name in ("bt", "meta")}
+    paired = paired_difference(per_domain["meta"], per_domain["bt"])
     if args.oracle:
         results["gold"] = run(metapl + ["meta-test", "--run", str(root / "bt"), *test, "--reward", "gold"])
 
@@ -153,13 +157,16 @@ def main() -> int:
         "|---|---|---|---|---|",
         *rows,
         "",
-        f"Means over domains with bootstrap 95% intervals. Training time: BT {bt_s:.0f} s, meta {meta_s:.0f} s "
-        "(including compilation).",
+        f"Means over domains with bootstrap 95% intervals. Paired per domain (same prompts, samples and keys), "
+        f"meta − BT gold reward of the adapted policies: {paired['mean']:+.4f} [{paired['ci95'][0]:+.4f}, "
+        f"{paired['ci95'][1]:+.4f}]; the meta-learned RM's policy is better on {paired['a_better']} of "
+        f"{paired['domains']} domains. Training time: BT {bt_s:.0f} s, meta {meta_s:.0f} s (including compilation).",
         "",
         f"Command: `{command}`",
         "",
     ])
     payload = {"command": command, "args": vars(args), "bt_train": bt, "meta_train": meta, "meta_test": results,
+               "paired_meta_minus_bt": paired,
                "train_seconds": {"bt": bt_s, "meta": meta_s}, "run_dirs": str(root)}
     out = Path(__file__).resolve().parent / "results"
     (out / name).parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,19 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[f
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """Per-domain gold reward of the adapted policy, result `a` minus result `b` (two meta-tests of the same
+    domains, prompts, reference samples and keys, e.g. two reward models): mean, bootstrap 95% interval and how
+    many domains `a` wins. Raises if the two did not test the same domains from the same reference policy."""
+    rows_a, rows_b = a["per_domain"], b["per_domain"]
+    if [r["domain"] for r in rows_a] != [r["domain"] for r in rows_b] or \
+            [r["gold_reference"] for r in rows_a] != [r["gold_reference"] for r in rows_b]:
+        raise ValueError("paired_difference: the two meta-tests differ in domains or reference samples")
+    d = np.asarray([x["gold_adapted"] - y["gold_adapted"] for x, y in zip(rows_a, rows_b)])
+    lo, hi = bootstrap_interval(d, resamples, seed)
+    return {"mean": float(d.mean()), "ci95": [lo, hi], "a_better": int((d > 0).sum()), "domains": len(d)}
+
+
 def _restore_reward(run_dir: Path):
     """(run config, policy config, reference params, benchmark, trained φ, frozen reward backbone, step) of a meta
     or rm run directory (its latest checkpoint). The reward model's layout is rebuilt, not the run's whole set-up

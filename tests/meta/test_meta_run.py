@@ -114,6 +114,20 @@ def test_bootstrap_interval_brackets_the_mean():
     assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
 
 
+def test_paired_difference_by_hand():
+    from metapl.meta.evaluate import paired_difference
+
+    def result(adapted, ref=(0.1, 0.2, 0.3)):
+        return {"per_domain": [{"domain": f"d{i}", "gold_reference": r, "gold_adapted": g}
+                               for i, (g, r) in enumerate(zip(adapted, ref))]}
+
+    out = paired_difference(result([0.5, 0.2, 0.4]), result([0.3, 0.3, 0.4]), resamples=500)
+    assert out["mean"] == pytest.approx((0.2 - 0.1 + 0.0) / 3) and out["a_better"] == 1 and out["domains"] == 3
+    assert out["ci95"][0] <= out["mean"] <= out["ci95"][1]
+    with pytest.raises(ValueError, match="reference samples"):
+        paired_difference(result([0.5, 0.2, 0.4]), result([0.3, 0.3, 0.4], ref=(0.1, 0.2, 0.31)))
+
+
 def test_meta_test_refuses_other_runs(tmp_path):
     from metapl.meta.evaluate import meta_test
 
