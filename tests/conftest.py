@@ -1,9 +1,13 @@
-"""Shared test setup: offline Hugging Face, the persistent compile cache, tiny reference models."""
+"""Shared test setup: offline Hugging Face, 8 simulated CPU devices, the persistent compile cache."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# 8 simulated CPU devices for the sharding tests (tests/parallel); before JAX starts. Everything else runs on
+# the first device as before.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

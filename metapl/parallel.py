@@ -1,0 +1,210 @@
+"""Many devices: a mesh from config, sharding rules for parameter paths, batch sharding, multi-host set-up.
+
+The mesh has three named axes, any of them of size 1:
+
+    data    replicas of the parameters, each on its own slice of the batch;
+    fsdp    parameters, gradients and optimiser state split across devices (ZeRO-3 style), batch split too;
+    tensor  the hidden dimensions of attention heads, MLP and vocabulary split (Megatron style).
+
+Parameters get a `PartitionSpec` from their path and shape (`param_spec`): a kernel `[in, out]` whose output
+feeds the residual stream (attention `o`, MLP `down`) is split `("tensor", "fsdp")`, one that reads from it
+(`q`, `k`, `v`, `gate`, `up`) `("fsdp", "tensor")`; embeddings `[V, D]` `("tensor", "fsdp")`; LoRA factors
+follow their kernel's `in`/`out` split on their non-rank dimension; norms, biases of the residual width and
+reward heads' biases are replicated; the stacked layer axis is never split. A dimension its mesh axes do not
+divide stays whole (replicated along those axes). Optimiser state follows its parameters.
+
+Computation under these shardings is plain `jax.jit` with explicit in/out shardings: XLA's SPMD partitioner
+inserts the all-gathers, reduce-scatters and all-reduces, so a sharded step computes the same numbers as the
+single-device step up to float reassociation.
+
+Multi-host: call `initialize(cfg)` (or rely on the environment JAX reads: SLURM, TPU pods) before any other
+JAX call in every process; `global_batch` assembles each process's host-local rows into one global array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from metapl.config import ConfigError
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch's leading dimension is split over both
+
+# Kernels that read the residual stream ([D, out]) and those that write it ([in, D]).
+_READS = {"q", "k", "v", "gate", "up", "head"}
+_WRITES = {"o", "down"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Axis sizes (their product = devices used; 1 x 1 x 1 = one device, no sharding) and, for multi-process
+    runs, how to reach the coordinator (None: let `jax.distributed.initialize` read the environment)."""
+
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def __post_init__(self):
+        for name in AXES:
+            if getattr(self, name) < 1:
+                raise ValueError(f"mesh.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def size(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+    @property
+    def sharded(self) -> bool:
+        return self.size > 1
+
+
+def initialize(cfg: MeshConfig) -> None:
+    """`jax.distributed.initialize` for a multi-process run: from the config's coordinator fields, or from the
+    environment (METAPL_COORDINATOR / METAPL_NUM_PROCESSES / METAPL_PROCESS_ID, else JAX's own detection of
+    SLURM and TPU pods). A no-op for a single process with nothing configured."""
+    address = cfg.coordinator_address or os.environ.get("METAPL_COORDINATOR")
+    num = cfg.num_processes or _env_int("METAPL_NUM_PROCESSES")
+    pid = cfg.process_id if cfg.process_id is not None else _env_int("METAPL_PROCESS_ID")
+    if address is None and num is None and not _cluster_environment():
+        return
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value is None else int(value)
+
+
+def _cluster_environment() -> bool:
+    return "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over the first data·fsdp·tensor devices (all processes' devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if cfg.size > len(devices):
+        raise ConfigError(f"mesh: data x fsdp x tensor = {cfg.data} x {cfg.fsdp} x {cfg.tensor} = {cfg.size} "
+                          f"devices, but only {len(devices)} are visible")
+    return Mesh(np.asarray(devices[: cfg.size], dtype=object).reshape(cfg.data, cfg.fsdp, cfg.tensor), AXES)
+
+
+def _names(path) -> list[str]:
+    out = []
+    for entry in path:
+        key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", None)))
+        out.append(str(key))
+    return out
+
+
+def _rule(names: list[str], ndim: int) -> tuple:
+    """The partition of the last (non-layer) dimensions of one parameter, before divisibility checks."""
+    leaf = names[-1]
+    owner = names[-2] if len(names) > 1 else ""
+    if leaf == "embedding":  # token embedding / tied or untied LM head [V, D]; learned positions [T, D]
+        return (None, "fsdp") if owner == "pos_embed" else ("tensor", "fsdp")
+    if leaf == "kernel" and owner in _READS:
+        return ("fsdp", None) if owner == "head" else ("fsdp", "tensor")
+    if leaf == "kernel" and owner in _WRITES:
+        return ("tensor", "fsdp")
+    if leaf == "a" and owner in _READS | _WRITES:  # LoRA A [in, r]
+        return ("fsdp" if owner in _READS else "tensor", None)
+    if leaf == "b" and owner in _READS | _WRITES:  # LoRA B [r, out]
+        return (None, "tensor" if owner in _READS else "fsdp")
+    if leaf == "bias" and owner in _READS and owner != "head":  # q/k/v/up biases live on the split output
+        return ("tensor",)
+    return (None,) * min(ndim, 1)  # norms, residual-width biases, scalars: replicated
+
+
+def param_spec(path, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The PartitionSpec of one parameter (see the module docstring); dimensions an axis does not divide stay
+    whole."""
+    names = _names(path)
+    inner = _rule(names, len(shape))
+    spec = [None] * (len(shape) - len(inner)) + list(inner)  # leading stacked-layer axis: never split
+    spec = spec[-len(shape):] if shape else []
+    for i, axis in enumerate(spec):
+        if axis is not None and shape[i] % mesh.shape[axis]:
+            spec[i] = None
+    return P(*spec)
+
+
+def param_shardings(params: Any, mesh: Mesh) -> Any:
+    """NamedSharding per leaf of a parameter tree (base weights, LoRA adapters or reward-model params)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, param_spec(path, np.shape(x), mesh)), params)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Leading (batch) dimension split over data x fsdp; the rest whole."""
+    return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def batch_shardings(batch: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)) if np.ndim(x) else replicated(mesh), batch)
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """Shardings of a `TrainState`: params by the rules; an optimiser-state leaf whose path ends with a
+    parameter's path and has its shape (Adam's moments) as that parameter; every other leaf (counters, the RNG
+    key, scalars) replicated."""
+    params = param_shardings(state.params, mesh)
+    by_path = {tuple(_names(path)): (np.shape(x), s) for (path, x), s in
+               zip(jax.tree_util.tree_flatten_with_path(state.params)[0], jax.tree.leaves(params))}
+
+    def opt_leaf(path, x):
+        names = tuple(_names(path))
+        for k in range(len(names)):  # optax nests the parameter tree under its own keys
+            shape, s = by_path.get(names[k:], (None, None))
+            if s is not None and shape == np.shape(x):
+                return s
+        return replicated(mesh)
+
+    rep = lambda tree: jax.tree.map(lambda _: replicated(mesh), tree)  # noqa: E731
+    return type(state)(step=rep(state.step), params=params,
+                       opt_state=jax.tree_util.tree_map_with_path(opt_leaf, state.opt_state),
+                       nonfinite_run=rep(state.nonfinite_run), skipped=rep(state.skipped), rng=rep(state.rng))
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """One global array per leaf from this process's rows (the process's share of the batch, in process order)
+    with the batch sharding; on one process this is just a sharded `device_put`."""
+    shardings = batch_shardings(local, mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(local, shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local, shardings)
+
+
+def check_batch(batch: Any, mesh: Mesh) -> None:
+    """A clear error when a batch's leading dimension does not split over data x fsdp."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        if np.ndim(x) and np.shape(x)[0] % ways:
+            raise ConfigError(f"batch field {jax.tree_util.keystr(path)}: leading dimension {np.shape(x)[0]} does "
+                              f"not split over mesh data x fsdp = {ways}; choose a batch size divisible by it")
+
+
+def shard_step(step: Any, state: Any, frozen: Any, batch: Any, mesh: Mesh) -> tuple[Any, Any, Any]:
+    """(compiled step, state placed on the mesh, frozen params placed on the mesh) for an un-jitted
+    `step(state, frozen, batch) -> (state, metrics)` (`make_train_step(..., jit=False)`).
+
+    In/out shardings are explicit: the state by `state_shardings` (donated), frozen weights by the rules, the
+    batch split over data x fsdp, metrics replicated. Batches go in through `global_batch`."""
+    state_sh = state_shardings(state, mesh)
+    frozen_sh = param_shardings(frozen, mesh)
+    check_batch(batch, mesh)
+    fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_shardings(batch, mesh)),
+                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+    return fn, jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
