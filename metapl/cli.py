@@ -105,6 +105,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     enable_compile_cache()
     run_dir = Path(args.run_dir)
     cfg = prepare_run_dir(run_dir, args.config, [f"algo={args.algo}", *args.overrides], args.resume)
+    from metapl.parallel import initialize
+
+    initialize(cfg.mesh)  # multi-process runs join here, before JAX touches a device
     final = train(run_dir, cfg, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({"run_dir": str(run_dir), "step": cfg.steps, "eval": final}))
     return 0

@@ -24,6 +24,7 @@ import numpy as np
 
 from metapl.config import ConfigError, from_dict, load_config, save_config, to_dict
 from metapl.data.synthetic import SyntheticConfig
+from metapl.parallel import MeshConfig
 from metapl.train.step import OptimConfig, TrainState, init_state, make_optimizer, make_train_step
 
 
@@ -73,6 +74,7 @@ class RunConfig:
     offline: dict = dataclasses.field(default_factory=dict)  # mle-filter/rwr/dt options (see algorithms.py)
     ppo: dict = dataclasses.field(default_factory=dict)  # ppo rollout options (see algorithms.PPO_DEFAULTS)
     meta: dict = dataclasses.field(default_factory=dict)  # meta: MetaConfig, EpisodeConfig and sample options
+    mesh: MeshConfig = MeshConfig()  # devices: data x fsdp x tensor (all 1: one device)
     steps: int = 200
     accumulation_steps: int = 1
     log_every: int = 10
@@ -169,9 +171,10 @@ def prepare_run_dir(run_dir: Path, config_file: str | None, overrides: list[str]
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
         cfg = load_config(RunConfig, saved, overrides)
         before = to_dict(load_config(RunConfig, saved))
-        changed = sorted(k for k, v in to_dict(cfg).items() if k != "steps" and v != before[k])
+        changed = sorted(k for k, v in to_dict(cfg).items() if k not in ("steps", "mesh") and v != before[k])
         if changed:
-            raise ConfigError(f"--resume may only change `steps`; these differ from the saved run: {changed}")
+            raise ConfigError(f"--resume may only change `steps` and `mesh`; these differ from the saved run: "
+                              f"{changed}")
         save_config(cfg, saved)  # the run now goes to cfg.steps
         return cfg
     if saved.exists():
@@ -192,23 +195,40 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
     (run_dir / "setup.json").write_text(json.dumps({"describe": setup.describe, **setup.info}, indent=1))
     optimizer = make_optimizer(cfg.optim)
     state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))
+    step_fn = make_train_step(setup.objective, optimizer, accumulation_steps=cfg.accumulation_steps,
+                              jit=not cfg.mesh.sharded)
+    frozen, mesh, put_batch = setup.frozen, None, lambda b: b  # noqa: E731
+    if cfg.mesh.sharded:
+        from metapl.parallel import global_batch, make_mesh, shard_step
+
+        mesh = make_mesh(cfg.mesh)
+        position = setup.batches.state_dict()
+        if hasattr(setup.batches, "set_params"):
+            setup.batches.set_params(state.params)
+        first = next(setup.batches)  # the step's shapes; then the iterator is rewound
+        setup.batches.load_state_dict(position)
+        step_fn, state, frozen = shard_step(step_fn, state, frozen, first, mesh)
+        put_batch = lambda b: global_batch(b, mesh)  # noqa: E731
+        _log(f"mesh: data {cfg.mesh.data} x fsdp {cfg.mesh.fsdp} x tensor {cfg.mesh.tensor} "
+             f"({cfg.mesh.size} of {jax.device_count()} devices)")
     manager = _checkpointer(run_dir)
     if resume and manager.latest_step() is not None:
-        state, data_state = _restore(manager, manager.latest_step(), state)
+        state, data_state = _restore(manager, manager.latest_step(), state)  # onto `state`'s shardings
         setup.batches.load_state_dict(data_state)
         _log(f"resumed from step {int(state.step)}")
-    step_fn = make_train_step(setup.objective, optimizer, accumulation_steps=cfg.accumulation_steps)
     writer = MetricsWriter(run_dir)
     start = int(state.step)
     if start == 0:
-        writer.write(0, setup.evaluate(state.params, setup.frozen), "eval")
+        writer.write(0, setup.evaluate(state.params, frozen), "eval")
     bar = _progress(cfg.steps, start, progress)
     t0, last = time.perf_counter(), {}
     try:
         for step in range(start + 1, cfg.steps + 1):
             if hasattr(setup.batches, "set_params"):  # on-policy data is sampled from the current params
                 setup.batches.set_params(state.params)
-            state, metrics = step_fn(state, setup.frozen, next(setup.batches))
+            state, metrics = step_fn(state, frozen, put_batch(next(setup.batches)))
+            if mesh is not None:  # queued steps with collectives can deadlock simulated CPU devices
+                jax.block_until_ready(state)
             if int(state.nonfinite_run) >= cfg.optim.max_nonfinite_steps:
                 raise RunError(f"{cfg.optim.max_nonfinite_steps} consecutive non-finite steps at step {step}; "
                                f"stopping (the last checkpoint, step {manager.latest_step()}, is kept)")
@@ -218,14 +238,14 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
                 writer.write(step, metrics, "train")
                 bar(step, metrics)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                last = setup.evaluate(state.params, setup.frozen)
+                last = setup.evaluate(state.params, frozen)
                 writer.write(step, last, "eval")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _save(manager, step, state, setup.batches.state_dict())
     finally:
         writer.close()
     if not last:
-        last = setup.evaluate(state.params, setup.frozen)
+        last = setup.evaluate(state.params, frozen)
     return last
 
 
