@@ -76,6 +76,8 @@ def initialize(cfg: MeshConfig) -> None:
     pid = cfg.process_id if cfg.process_id is not None else _env_int("METAPL_PROCESS_ID")
     if address is None and num is None and not _cluster_environment():
         return
+    # CPU devices of different processes talk through gloo (GPUs and TPUs use their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
 
 
@@ -178,13 +180,21 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
                        nonfinite_run=rep(state.nonfinite_run), skipped=rep(state.skipped), rng=rep(state.rng))
 
 
-def global_batch(local: Any, mesh: Mesh) -> Any:
-    """One global array per leaf from this process's rows (the process's share of the batch, in process order)
-    with the batch sharding; on one process this is just a sharded `device_put`."""
-    shardings = batch_shardings(local, mesh)
+def global_batch(batch: Any, mesh: Mesh, *, process_local: bool = False) -> Any:
+    """One global array per leaf with the batch sharding.
+
+    By default every process holds the whole batch (e.g. the same seeded iterator everywhere) and each device
+    takes its rows from it. With `process_local=True` each process holds only its own rows (its loader reads a
+    disjoint part of the data), in process order, and they are assembled into the global batch. On one process
+    both are a sharded `device_put`."""
+    shardings = batch_shardings(batch, mesh)
     if jax.process_count() == 1:
-        return jax.device_put(local, shardings)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local, shardings)
+        return jax.device_put(batch, shardings)
+    if process_local:
+        return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch,
+                            shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i, x=x: np.asarray(x)[i]),
+                        batch, shardings)
 
 
 def check_batch(batch: Any, mesh: Mesh) -> None:

@@ -1,0 +1,55 @@
+"""Two local processes joined by `jax.distributed.initialize` on loopback run one sharded DPO step (a data 2 x
+fsdp 2 mesh over both processes' devices) and agree with the same step on one device in this process."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+WORKER = Path(__file__).with_name("two_process_worker.py")
+
+
+def one_step_setup():
+    """(un-jitted DPO step, state, frozen, first batch) of a tiny synthetic run, identical in every process."""
+    from metapl.config import load_config
+    from metapl.train import init_state, make_optimizer, make_train_step
+    from metapl.train.algorithms import setup_algorithm
+    from metapl.train.run import RunConfig
+    from tests.parallel.test_sharded_steps import COMMON
+
+    cfg = load_config(RunConfig, None, ["algo=dpo", *COMMON])
+    setup = setup_algorithm(cfg)
+    optimizer = make_optimizer(cfg.optim)
+    state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))
+    return make_train_step(setup.objective, optimizer, jit=False), state, setup.frozen, next(setup.batches)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    out, port = tmp_path / "two.npz", free_port()
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(pid), str(port), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        finally:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(logs)[-4000:]
+    got = np.load(out)
+
+    step, state, frozen, batch = one_step_setup()
+    state, metrics = jax.jit(step)(state, frozen, batch)
+    np.testing.assert_allclose(got["loss"], float(metrics["loss"]), rtol=1e-5)
+    want = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    assert sorted(want) == sorted(k for k in got.files if k != "loss")
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
