@@ -17,8 +17,9 @@ Computation under these shardings is plain `jax.jit` with explicit in/out shardi
 inserts the all-gathers, reduce-scatters and all-reduces, so a sharded step computes the same numbers as the
 single-device step up to float reassociation.
 
-Multi-host: call `initialize(cfg)` (or rely on the environment JAX reads: SLURM, TPU pods) before any other
-JAX call in every process; `global_batch` assembles each process's host-local rows into one global array.
+Multi-host: call `initialize(cfg)` before any other JAX call in every process (the CLI does; under a multi-task
+SLURM step or on a multi-host TPU slice JAX finds the coordinator itself). `global_batch` makes the global batch
+from the whole batch every process holds, or from each process's own rows (`process_local=True`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _env_int(name: str) -> int | None:
 
 
 def _cluster_environment() -> bool:
-    return "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
+    """A launcher started several processes of this run: a multi-task SLURM step or a multi-host TPU slice."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:

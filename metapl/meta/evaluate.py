@@ -172,6 +172,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
             scores.append(np.reshape(gold_scores(bench, prompts, flat["tokens"], flat["response_mask"]),
                                      (test.prompts, n)))
         return jnp.asarray(np.stack(scores), jnp.float32)
+
     rows = []
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
