@@ -208,15 +208,23 @@ def check_batch(batch: Any, mesh: Mesh) -> None:
                               f"not split over mesh data x fsdp = {ways}; choose a batch size divisible by it")
 
 
-def shard_step(step: Any, state: Any, frozen: Any, batch: Any, mesh: Mesh) -> tuple[Any, Any, Any]:
-    """(compiled step, state placed on the mesh, frozen params placed on the mesh) for an un-jitted
+def shard_step(step: Any, state: Any, frozen: Any, mesh: Mesh) -> tuple[Any, Any, Any]:
+    """(sharded step, state placed on the mesh, frozen params placed on the mesh) for an un-jitted
     `step(state, frozen, batch) -> (state, metrics)` (`make_train_step(..., jit=False)`).
 
-    In/out shardings are explicit: the state by `state_shardings` (donated), frozen weights by the rules, the
-    batch split over data x fsdp, metrics replicated. Batches go in through `global_batch`."""
+    The sharded step takes a host batch: it places it with `global_batch` and runs the step under `jax.jit` with
+    explicit in/out shardings (the state by `state_shardings`, donated; frozen weights by the rules; the batch
+    split over data x fsdp; metrics replicated), compiled on the first batch of each structure."""
     state_sh = state_shardings(state, mesh)
     frozen_sh = param_shardings(frozen, mesh)
-    check_batch(batch, mesh)
-    fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_shardings(batch, mesh)),
-                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
-    return fn, jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
+    compiled = {}
+
+    def sharded(state, frozen, batch):
+        key = (jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch)))
+        if key not in compiled:
+            check_batch(batch, mesh)
+            compiled[key] = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_shardings(batch, mesh)),
+                                    out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+        return compiled[key](state, frozen, global_batch(batch, mesh))
+
+    return sharded, jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)

@@ -197,18 +197,11 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
     state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))
     step_fn = make_train_step(setup.objective, optimizer, accumulation_steps=cfg.accumulation_steps,
                               jit=not cfg.mesh.sharded)
-    frozen, mesh, put_batch = setup.frozen, None, lambda b: b  # noqa: E731
-    if cfg.mesh.sharded:
-        from metapl.parallel import global_batch, make_mesh, shard_step
+    frozen, sharded = setup.frozen, cfg.mesh.sharded
+    if sharded:
+        from metapl.parallel import make_mesh, shard_step
 
-        mesh = make_mesh(cfg.mesh)
-        position = setup.batches.state_dict()
-        if hasattr(setup.batches, "set_params"):
-            setup.batches.set_params(state.params)
-        first = next(setup.batches)  # the step's shapes; then the iterator is rewound
-        setup.batches.load_state_dict(position)
-        step_fn, state, frozen = shard_step(step_fn, state, frozen, first, mesh)
-        put_batch = lambda b: global_batch(b, mesh)  # noqa: E731
+        step_fn, state, frozen = shard_step(step_fn, state, frozen, make_mesh(cfg.mesh))
         _log(f"mesh: data {cfg.mesh.data} x fsdp {cfg.mesh.fsdp} x tensor {cfg.mesh.tensor} "
              f"({cfg.mesh.size} of {jax.device_count()} devices)")
     manager = _checkpointer(run_dir)
@@ -226,8 +219,8 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
         for step in range(start + 1, cfg.steps + 1):
             if hasattr(setup.batches, "set_params"):  # on-policy data is sampled from the current params
                 setup.batches.set_params(state.params)
-            state, metrics = step_fn(state, frozen, put_batch(next(setup.batches)))
-            if mesh is not None:  # queued steps with collectives can deadlock simulated CPU devices
+            state, metrics = step_fn(state, frozen, next(setup.batches))
+            if sharded:  # queued steps with collectives can deadlock simulated CPU devices
                 jax.block_until_ready(state)
             if int(state.nonfinite_run) >= cfg.optim.max_nonfinite_steps:
                 raise RunError(f"{cfg.optim.max_nonfinite_steps} consecutive non-finite steps at step {step}; "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metapl.config import load_config
-from metapl.parallel import MeshConfig, global_batch, make_mesh, param_spec, shard_step
+from metapl.parallel import MeshConfig, make_mesh, param_spec, shard_step
 from metapl.train import init_state, make_optimizer, make_train_step
 from metapl.train.algorithms import setup_algorithm
 from metapl.train.run import RunConfig
@@ -48,8 +48,8 @@ def run_steps(cfg, mesh=None):
             state, metrics = step(state, frozen, batch)
         else:
             if fn is None:
-                fn, state, frozen = shard_step(step, state, frozen, batch, mesh)
-            state, metrics = fn(state, frozen, global_batch(batch, mesh))
+                fn, state, frozen = shard_step(step, state, frozen, mesh)
+            state, metrics = fn(state, frozen, batch)
         jax.block_until_ready(state)
         losses.append(float(metrics["loss"]))
     return state, losses

@@ -20,14 +20,14 @@ def main(pid: int, port: int, out: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from metapl.parallel import global_batch, make_mesh, shard_step
+    from metapl.parallel import make_mesh, shard_step
     from tests.parallel.test_multiprocess import one_step_setup
 
     assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
     step, state, frozen, batch = one_step_setup()
     mesh = make_mesh(MeshConfig(data=2, fsdp=2))
-    fn, state, frozen = shard_step(step, state, frozen, batch, mesh)
-    state, metrics = fn(state, frozen, global_batch(batch, mesh))
+    fn, state, frozen = shard_step(step, state, frozen, mesh)
+    state, metrics = fn(state, frozen, batch)
     params = multihost_utils.process_allgather(state.params, tiled=True)
     loss = float(np.asarray(metrics["loss"].addressable_data(0)))  # replicated: every process holds it
     if pid == 0:
