@@ -101,6 +101,11 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     return Mesh(np.asarray(devices[: cfg.size], dtype=object).reshape(cfg.data, cfg.fsdp, cfg.tensor), AXES)
 
 
+def run_mesh(cfg: MeshConfig) -> Mesh | None:
+    """The mesh of a run's config, or None for a one-device run (no sharding anywhere)."""
+    return make_mesh(cfg) if cfg.sharded else None
+
+
 def _names(path) -> list[str]:
     out = []
     for entry in path:
@@ -190,13 +195,35 @@ def global_batch(batch: Any, mesh: Mesh, *, process_local: bool = False) -> Any:
     disjoint part of the data), in process order, and they are assembled into the global batch. On one process
     both are a sharded `device_put`."""
     shardings = batch_shardings(batch, mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(batch, shardings)
-    if process_local:
+    if process_local and jax.process_count() > 1:
         return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch,
                             shardings)
-    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i, x=x: np.asarray(x)[i]),
-                        batch, shardings)
+    return place(batch, shardings)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)` that also works across processes: there every process holds the whole
+    value of each leaf (host data, or an array on its own devices) and contributes its devices' pieces; a leaf
+    that already has its target sharding is kept as it is."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, s):
+        if isinstance(x, jax.Array) and x.sharding == s:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, s, lambda i: host[i])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """The whole value of every leaf as numpy on every process (gathered across processes when needed)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def check_batch(batch: Any, mesh: Mesh) -> None:
@@ -227,4 +254,4 @@ def shard_step(step: Any, state: Any, frozen: Any, mesh: Mesh) -> tuple[Any, Any
                                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
         return compiled[key](state, frozen, global_batch(batch, mesh))
 
-    return sharded, jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
+    return sharded, place(state, state_sh), place(frozen, frozen_sh)

@@ -147,6 +147,7 @@ def sample_responses(
     lora=None,
     report: SampleSetReport | None = None,
     progress: bool = True,
+    mesh=None,
 ) -> list[list[str]]:
     """`samples_per_prompt` decoded responses for each prompt: out[i][j] is the j-th sample for prompts[i].
 
@@ -157,7 +158,7 @@ def sample_responses(
     `default_stop_ids(hf_tokenizer)`; with none, every response runs to max_new_tokens.
 
     encode: text -> ids, used as is (add a BOS yourself if the model expects one). report: if given, its
-    sampling counts are filled in. progress: a line per batch on stderr.
+    sampling counts are filled in. progress: a line per batch on stderr. mesh: sample sharded (see `generate`).
     """
     from metapl.models.sampling import bucket, generate
 
@@ -191,7 +192,7 @@ def sample_responses(
         real = len(idx)
         idx = np.resize(idx, b)  # pad the last batch with copies of its own rows (cycled); discarded below
         out = generate(params, config, tokens[idx], mask[idx], jax.random.fold_in(key, k), sampling,
-                       pad_id=pad_id, lora=lora)
+                       pad_id=pad_id, lora=lora, mesh=mesh)
         toks, live = np.asarray(out.tokens)[:real], np.asarray(out.mask)[:real]
         for row, row_mask in zip(toks, live):
             ids, finished = [], False
@@ -354,6 +355,7 @@ def build_sample_set(
     pad_id: int = 0,
     lora=None,
     progress: bool = True,
+    mesh=None,
 ) -> tuple[list[ScoredSample], SampleSetReport]:
     """Sample `samples_per_prompt` responses per prompt (`sample_responses`), score them, and return
     (samples grouped by prompt in prompt order, report). Empty responses are dropped (counted in the report)."""
@@ -361,7 +363,7 @@ def build_sample_set(
     report = SampleSetReport()
     responses = sample_responses(params, config, prompts, encode, decode, sample_config,
                                  stop_token_ids=stop_token_ids, pad_id=pad_id, lora=lora, report=report,
-                                 progress=progress)
+                                 progress=progress, mesh=mesh)
     samples = score_samples(prompts, responses, scorer, sample_config.policy, report)
     report.seconds = time.perf_counter() - t0
     if progress:

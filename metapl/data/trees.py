@@ -358,11 +358,12 @@ def _log(msg: str) -> None:
 
 
 def grow_trees(params, model_config, tokenizer, prompts: Sequence, config: TreeConfig, *, lora=None,
-               chat: bool = False, progress: bool = True,
-               stats: TreeStats | None = None) -> list[GrownTree]:
+               chat: bool = False, progress: bool = True, stats: TreeStats | None = None,
+               mesh=None) -> list[GrownTree]:
     """Grow one tree per prompt (a `PromptExample` or a (prompt, domain) pair), breadth first; see the module
     docstring. tokenizer: a Hugging Face tokenizer, a `WordTokenizer` or a `TokenCodec`. progress: a line per
-    level on stderr. Returns the trees in prompt order (a tree may have no nodes if every leaf was blank)."""
+    level on stderr. mesh: sample sharded (see `generate`). Returns the trees in prompt order (a tree may have no
+    nodes if every leaf was blank)."""
     from metapl.models.sampling import SamplingConfig, bucket, generate
 
     stats = stats if stats is not None else TreeStats()
@@ -401,7 +402,8 @@ def grow_trees(params, model_config, tokenizer, prompts: Sequence, config: TreeC
                 tokens[r, length - len(c):] = c
                 mask[r, length - len(c):] = True
             key = jax.random.fold_in(jax.random.fold_in(base_key, level), call)
-            out = generate(params, model_config, tokens, mask, key, sampling, pad_id=codec.pad_id, lora=lora)
+            out = generate(params, model_config, tokens, mask, key, sampling, pad_id=codec.pad_id, lora=lora,
+                           mesh=mesh)
             toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
             segments += [[int(x) for x, k in zip(toks[r], keep[r]) if k] for r in range(min(bs, len(rows) - first))]
             stats.generate_calls += 1
@@ -555,13 +557,13 @@ class TreeResult(NamedTuple):
 
 
 def generate_trees(params, model_config, tokenizer, prompts: Sequence, score: Score, config: TreeConfig, *,
-                   lora=None, chat: bool = False, progress: bool = True) -> TreeResult:
+                   lora=None, chat: bool = False, progress: bool = True, mesh=None) -> TreeResult:
     """Grow a tree per prompt (`grow_trees`), compare its leaves (`compare_leaves`) and return the valid
     `PreferenceTree` records (trees without two distinct leaves are left out and counted) with the counts."""
     start = time.perf_counter()
     stats = TreeStats()
     grown = grow_trees(params, model_config, tokenizer, prompts, config, lora=lora, chat=chat, progress=progress,
-                       stats=stats)
+                       stats=stats, mesh=mesh)
     trees = []
     for i, g in enumerate(grown):
         tree = compare_leaves(g.skeleton(), score, config, index=i, stats=stats)

@@ -5,6 +5,10 @@ steps from θ₀ on the projected loss; the adapted policy's agreement loss on �
 with respect to the rewards (unrolled, implicit or first-order, `metapl.bilevel`). Then
 
     dL/dφ = (1/E) Σ_τ (∂r_τ/∂φ)ᵀ dL_τ/dr_τ  +  λ ∇_φ BT(r_φ; query pairs of all domains).
+
+On a mesh, `meta_gradient_over_shards` splits the E domains over the `data` axis with `shard_map` (each shard
+runs its domains' inner loops and hypergradients, parameters still sharded over `fsdp`/`tensor`) and averages
+the shards' meta-gradients with a `pmean`.
 """
 
 from __future__ import annotations
@@ -211,3 +215,43 @@ def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dic
     metrics["meta_loss"] = loss
     metrics["hypergrad_norm"] = jnp.sqrt(tree_vdot(dphi, dphi))
     return loss, dphi, metrics
+
+
+def meta_gradient_over_shards(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, *,
+                              mesh: jax.sharding.Mesh, axis: str = "data", key: jax.Array | None = None,
+                              **kwargs) -> tuple[jax.Array, Params, dict]:
+    """`meta_gradient` with the episode's E domains split over the mesh axis `axis` by `shard_map`.
+
+    Each of the n shards computes the meta loss and meta-gradient of its E/n domains (a mean over them) with
+    the parameters as they are laid out over the other mesh axes (`fsdp`, `tensor` stay automatic); `pmean`
+    over `axis` then averages the shards' losses, meta-gradients and mean metrics. With equal shard sizes the
+    mean of the shards' means is the mean over all E domains, so this equals `meta_gradient` up to float
+    reassociation. Per-domain `query_accuracy` [E] is gathered; `solver_residual`/`inner_grad_norm` are maxima.
+    The on-policy solver's sampling key is folded with the shard index (the samples differ from one device's,
+    with the same distribution). Call it under `jax.jit`; keyword arguments are `meta_gradient`'s.
+    """
+    n, e = mesh.shape[axis], support["tokens"].shape[0]
+    if e % n:
+        raise ValueError(f"an episode of {e} domains does not split over mesh axis {axis!r} of size {n}")
+
+    def shard(phi, theta0, base, support, query, key):
+        # Each shard differentiates its own copy of the shared parameters: without the cast to "varying", the
+        # gradient of a replicated value inside shard_map is summed over the shards (the transpose of the
+        # implicit broadcast), which would couple the domains' inner loops. The only collective is the pmean.
+        phi, theta0, base = jax.tree.map(lambda x: jax.lax.pcast(x, axis, to="varying"), (phi, theta0, base))
+        if key is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+        loss, dphi, metrics = meta_gradient(phi, theta0, base, support, query, key=key, **kwargs)
+        per_domain = metrics.pop("query_accuracy")
+        maxima = {k: jax.lax.pmax(metrics.pop(k), axis) for k in ("solver_residual", "inner_grad_norm")
+                  if k in metrics}
+        del metrics["hypergrad_norm"]  # a norm of the averaged gradient, not an average of norms
+        loss, dphi, metrics = jax.lax.pmean((loss, dphi, metrics), axis)
+        metrics.update(maxima, hypergrad_norm=jnp.sqrt(tree_vdot(dphi, dphi)))
+        return loss, dphi, metrics, per_domain
+
+    spread, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
+    loss, dphi, metrics, per_domain = jax.shard_map(
+        shard, mesh=mesh, in_specs=(whole, whole, whole, spread, spread, whole),
+        out_specs=(whole, whole, whole, spread), axis_names={axis})(phi, theta0, base, support, query, key)
+    return loss, dphi, dict(metrics, query_accuracy=per_domain)

@@ -19,6 +19,7 @@ the base weights themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -30,10 +31,11 @@ from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.episodes import EpisodeConfig, EpisodeSampler
 from metapl.data.schemas import PromptExample
-from metapl.meta.metagrad import MetaConfig, meta_gradient, meta_loss
+from metapl.meta.metagrad import MetaConfig, meta_gradient, meta_gradient_over_shards, meta_loss
 from metapl.meta.objectives import reward_function
 from metapl.models import SamplingConfig, generate, init_lora
 from metapl.models.config import ModelConfig
+from metapl.parallel import run_mesh
 from metapl.train.run import RunConfig, Setup
 
 EPISODE_KEYS = {f.name for f in dataclasses.fields(EpisodeConfig)} - {"seed"}
@@ -69,8 +71,9 @@ class ReferenceSamples:
 
 def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExample], n: int, *, encode, pad_id: int,
                      eos_id: int, max_prompt_tokens: int, max_response_tokens: int, key: jax.Array,
-                     batch_size: int = 64) -> ReferenceSamples:
-    """n temperature-1 samples per prompt; every sequence is prompt (left-padded) ⊕ response (right-padded)."""
+                     batch_size: int = 64, mesh=None) -> ReferenceSamples:
+    """n temperature-1 samples per prompt; every sequence is prompt (left-padded) ⊕ response (right-padded).
+    mesh: sample sharded (see `generate`)."""
     shape = SequenceShape(max_prompt_tokens, max_response_tokens)
     stats = TruncationStats()
     sampling = SamplingConfig(max_new_tokens=max_response_tokens, temperature=1.0, stop_token_ids=(eos_id,))
@@ -81,7 +84,8 @@ def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExamp
         chunk = repeated[start:start + batch_size]
         chunk = chunk + chunk[: batch_size - len(chunk)]  # one compiled shape; the padding rows are dropped below
         tokens, mask = prompt_arrays(chunk, encode, shape, pad_id, stats, length=max_prompt_tokens)
-        out = generate(params, config, tokens, mask, jax.random.fold_in(key, start), sampling, pad_id=pad_id)
+        out = generate(params, config, tokens, mask, jax.random.fold_in(key, start), sampling, pad_id=pad_id,
+                       mesh=mesh)
         keep = min(batch_size, len(repeated) - start)
         parts.append({k: np.asarray(v)[:keep] for k, v in out.sequences().items()})
     arrays = {k: np.concatenate([p[k] for p in parts]).reshape(len(prompts), n, -1) for k in parts[0]}
@@ -145,7 +149,8 @@ def setup_meta(cfg: RunConfig) -> Setup:
     samples = sample_reference(params, config.replace(lora=None), pool, sample_opts["samples_per_prompt"],
                                encode=bench.encode, pad_id=bench.pad_id, eos_id=bench.eos_id,
                                max_prompt_tokens=cfg.data.max_prompt_tokens,
-                               max_response_tokens=cfg.data.max_response_tokens, key=jax.random.PRNGKey(cfg.seed + 4))
+                               max_response_tokens=cfg.data.max_response_tokens, key=jax.random.PRNGKey(cfg.seed + 4),
+                               mesh=run_mesh(cfg.mesh))
     sampler = EpisodeSampler(pool, bench.train_pairs, episode_cfg)
     loader = _pair_batches(bench.train_pairs, bench, cfg, episode_cfg.query_pairs, cfg.seed)
     pair_index = {id(p): i for i, p in enumerate(bench.train_pairs)}
@@ -154,12 +159,17 @@ def setup_meta(cfg: RunConfig) -> Setup:
 
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
 
+    if cfg.mesh.data > 1:  # the episode's domains split over the data axis, meta-gradients averaged by pmean
+        compute = functools.partial(meta_gradient_over_shards, mesh=run_mesh(cfg.mesh))
+    else:
+        compute = meta_gradient
+
     def objective(phi, frozen, batch):
         reward_fn = reward_function(config, frozen["rm"])
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 5), batch["episode"])
-        loss, dphi, metrics = meta_gradient(phi, frozen["theta0"], frozen["base"], batch["support"], batch["query"],
-                                            cfg=meta, policy_config=config, reward_fn=reward_fn, key=key,
-                                            onpolicy=onpolicy)
+        loss, dphi, metrics = compute(jax.lax.stop_gradient(phi), frozen["theta0"], frozen["base"],
+                                      batch["support"], batch["query"], cfg=meta, policy_config=config,
+                                      reward_fn=reward_fn, key=key, onpolicy=onpolicy)
         surrogate = jax.lax.stop_gradient(loss) + tree_vdot(jax.tree.map(lambda p: p - jax.lax.stop_gradient(p), phi),
                                      jax.lax.stop_gradient(dphi))
         acc = metrics.pop("query_accuracy")

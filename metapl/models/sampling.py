@@ -181,16 +181,23 @@ def generate(
     *,
     pad_id: int = 0,
     lora: Params | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> GenerationOutput:
     """Sample `sampling.max_new_tokens` tokens after each prompt.
 
     prompt_tokens, prompt_mask [B, P]: prompts padded on either side (each with >= 1 real token); P should
     already be bucketed (see `bucket`) to limit recompilation. Output arrays are trimmed to max_new_tokens.
+
+    mesh: sample sharded — the weights laid out by `metapl.parallel`'s rules (a no-op when they already are)
+    and the prompts split over data x fsdp. A B the split does not divide is padded with copies of the first
+    prompt, whose outputs are dropped. Across processes every process passes the same prompts and receives
+    every row. The random stream is the same on any mesh when B divides (JAX's partitionable threefry), so a
+    sharded draw equals the one-device draw up to float reassociation.
     """
-    prompt_mask = jnp.asarray(prompt_mask)
+    prompt_mask = np.asarray(prompt_mask)  # host-side checks on the host copy
     chex.assert_rank(prompt_mask, 2)
     chex.assert_shape(prompt_tokens, prompt_mask.shape)
-    lengths = np.asarray(prompt_mask.sum(axis=1))
+    lengths = prompt_mask.sum(axis=1)
     if not np.all(lengths > 0):
         raise ValueError("every prompt needs at least one real token")
     if config.positions == "learned" and lengths.max() + sampling.max_new_tokens > config.max_position_embeddings:
@@ -198,8 +205,29 @@ def generate(
             f"prompt ({lengths.max()} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds the model's "
             f"{config.max_position_embeddings} learned positions"
         )
-    return generate_traced(params, config, jnp.asarray(prompt_tokens, jnp.int32), prompt_mask, key, sampling,
-                           pad_id=pad_id, lora=lora, _weights=_decoding_weights)
+    if mesh is not None:
+        return _generate_on_mesh(mesh, params, config, np.asarray(prompt_tokens, np.int32), prompt_mask, key,
+                                 sampling, pad_id=pad_id, lora=lora)
+    return generate_traced(params, config, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask), key,
+                           sampling, pad_id=pad_id, lora=lora, _weights=_decoding_weights)
+
+
+def _generate_on_mesh(mesh, params, config, tokens, mask, key, sampling, *, pad_id, lora):
+    from metapl.parallel import BATCH, batch_sharding, param_shardings, place, to_host
+
+    ways = int(np.prod([mesh.shape[a] for a in BATCH]))
+    b = tokens.shape[0]
+    extra = -b % ways
+    if extra:
+        tokens = np.concatenate([tokens, np.repeat(tokens[:1], extra, axis=0)])
+        mask = np.concatenate([mask, np.repeat(mask[:1], extra, axis=0)])
+    params, lora = place((params, lora), (param_shardings(params, mesh), param_shardings(lora, mesh)))
+    tokens, mask = place((tokens, mask), (batch_sharding(mesh, 2),) * 2)
+    out = generate_traced(params, config, tokens, mask, key, sampling, pad_id=pad_id, lora=lora,
+                          _weights=_decoding_weights)
+    if jax.process_count() > 1:  # every process gets every row, as from a one-process draw
+        out = to_host(out)
+    return jax.tree.map(lambda x: x[:b], out) if extra else out
 
 
 def generate_traced(params: Params, config: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,

@@ -25,6 +25,7 @@ from metapl.models.logprobs import token_logprobs
 from metapl.models import (
     LoraConfig, ModelConfig, SamplingConfig, generate, init_head_params, init_lora, init_params, llama,
 )
+from metapl.parallel import run_mesh
 from metapl.train.run import RunConfig, Setup
 
 
@@ -224,7 +225,8 @@ def gold_reward_of_samples(params, config, bench: Benchmark, cfg: RunConfig, *, 
     tokens, mask = prompt_arrays(shown, bench.encode, shape, bench.pad_id, stats, length=cfg.data.max_prompt_tokens)
     out = generate(params, config, tokens, mask, jax.random.PRNGKey(seed),
                    SamplingConfig(max_new_tokens=cfg.data.max_response_tokens, temperature=1.0,
-                                  stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora)
+                                  stop_token_ids=(bench.eos_id,)), pad_id=bench.pad_id, lora=lora,
+                   mesh=run_mesh(cfg.mesh))
     return float(np.mean(gold_scores(bench, bench.eval_prompts, out.tokens, out.mask)))
 
 
@@ -383,7 +385,8 @@ def setup_tree_rm(cfg: RunConfig) -> Setup:
         raise ConfigError("tree-rm needs the benchmark's tokenizer")
     per_domain = max(1, cfg.data.tree_prompts // len({p.domain for p in bench.train_pairs}))
     prompts = _tree_prompts(cfg, bench, per_domain)
-    grown = generate_trees(backbone, config.replace(lora=None), bench.tokenizer, prompts, bench.gold, tree_cfg)
+    grown = generate_trees(backbone, config.replace(lora=None), bench.tokenizer, prompts, bench.gold, tree_cfg,
+                           mesh=run_mesh(cfg.mesh))
     trees = grown.trees
     if not trees:
         raise ConfigError("no tree produced a comparison (all leaves identical?); raise data.tree.segment_tokens")
@@ -459,7 +462,8 @@ def setup_offline(cfg: RunConfig, method: str) -> Setup:
                                  max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, policy="reference")
     samples, report = build_sample_set(params, config.replace(lora=None), prompts, bench.encode, bench.decode,
                                        GoldJudgeScorer(bench.gold, "gold"), sample_cfg,
-                                       stop_token_ids=(bench.eos_id,), pad_id=bench.pad_id, progress=False)
+                                       stop_token_ids=(bench.eos_id,), pad_id=bench.pad_id, progress=False,
+                                       mesh=run_mesh(cfg.mesh))
     shape = SequenceShape(cfg.data.max_prompt_tokens + (4 if method == "dt" else 0), cfg.data.max_response_tokens)
     length = shape.max_length
     stats = TruncationStats()
@@ -558,6 +562,7 @@ class Rollouts:
             prompts, bench, cfg, config, frozen, policy, k
         self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
         self.params = None
+        self.mesh = run_mesh(cfg.mesh)  # sample sharded when the run is
         base = config.replace(lora=None)
         self._ref = jax.jit(lambda p, b: token_logprobs(p, base, b["tokens"], attention_mask=b["attention_mask"]))
 
@@ -576,8 +581,10 @@ class Rollouts:
         p, lora = self.policy(self.params, self.frozen)
         out = generate(p, self.config, tokens, mask, jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step),
                        SamplingConfig(max_new_tokens=self.cfg.data.max_response_tokens, temperature=1.0,
-                                      stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora)
-        batch = dict(out.sequences(), rewards=jnp.asarray(gold_scores(self.bench, chosen, out.tokens, out.mask), jnp.float32))
+                                      stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora,
+                       mesh=self.mesh)
+        rewards = gold_scores(self.bench, chosen, out.tokens, out.mask)
+        batch = dict(out.sequences(), rewards=jnp.asarray(rewards, jnp.float32))
         ref_params = self.frozen if self.frozen is not None else p
         batch["ref_logps"] = self._ref(ref_params, batch)
         return batch

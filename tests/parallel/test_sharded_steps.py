@@ -1,8 +1,11 @@
 """Sharded training steps compute what the single-device step computes, on simulated CPU devices (tests/conftest.py
-asks XLA for 8): Bradley–Terry RM, DPO, RLOO (on-policy sampling with sharded weights) and the meta-learned RM
-(domains of an episode split over the data axis), each for several steps on data-only, fsdp-only, data x fsdp
-and data x tensor meshes of 4 devices; and the parameters are laid out as the rules say. Every step's output is
-awaited before the next is queued (queued collectives can deadlock XLA:CPU's simulated devices)."""
+asks XLA for 8). Bradley–Terry RM, DPO, RLOO (on-policy sampling, itself sharded) and the meta-learned RM (the
+episode's domains split over the data axis by shard_map) run several steps on data-only, fsdp-only, data x fsdp
+and data x tensor meshes of 4 devices; every other algorithm (IPO, tree RM, the offline methods, SRPO, PPO) on
+data x fsdp. The parameters are laid out as the rules say. Every step's output is awaited before the next is
+queued (queued collectives can deadlock XLA:CPU's simulated devices)."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -29,46 +32,64 @@ ALGOS = {
     "meta": ["meta.inner_steps=2", "meta.inner_lr=0.05", "meta.domains_per_episode=4", "meta.support_prompts=2",
              "meta.query_pairs=2", "meta.samples_per_prompt=2", "meta.support_pool=4", "meta.feedback_budget=8"],
 }
+SAMPLED = ["data.sample_prompts=8", "data.samples_per_prompt=2", "data.max_response_tokens=6"]
+OTHERS = {  # each on data x fsdp
+    "ipo": [],
+    "tree-rm": ["data.tree_prompts=8", "data.max_response_tokens=6", "data.tree.pairs_per_tree=2"],
+    "mle-filter": SAMPLED + ["data.batch_size=4"],
+    "rwr": SAMPLED,
+    "dt": SAMPLED,
+    "srpo": [],
+    "ppo": ["data.batch_size=4", "data.max_response_tokens=6"],
+}
 MESHES = {"data": MeshConfig(data=4), "fsdp": MeshConfig(fsdp=4), "data_fsdp": MeshConfig(data=2, fsdp=2),
           "data_tensor": MeshConfig(data=2, tensor=2)}
 
 
-def run_steps(cfg, mesh=None):
-    """(params after STEPS steps, losses) of the algorithm, on one device or on `mesh`."""
+CASES = [(a, m) for a in sorted(ALGOS) for m in sorted(MESHES)] + [(a, "data_fsdp") for a in sorted(OTHERS)]
+
+
+def run_steps(cfg):
+    """(state after STEPS steps, losses) of the algorithm, on one device or on the config's mesh."""
     setup = setup_algorithm(cfg)
     optimizer = make_optimizer(cfg.optim)
     state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))
-    step = make_train_step(setup.objective, optimizer, jit=mesh is None)
+    step = make_train_step(setup.objective, optimizer, jit=not cfg.mesh.sharded)
     frozen, losses, fn = setup.frozen, [], None
     for _ in range(STEPS):
         if hasattr(setup.batches, "set_params"):
             setup.batches.set_params(state.params)
         batch = next(setup.batches)
-        if mesh is None:
+        if not cfg.mesh.sharded:
             state, metrics = step(state, frozen, batch)
         else:
             if fn is None:
-                fn, state, frozen = shard_step(step, state, frozen, mesh)
+                fn, state, frozen = shard_step(step, state, frozen, make_mesh(cfg.mesh))
             state, metrics = fn(state, frozen, batch)
         jax.block_until_ready(state)
         losses.append(float(metrics["loss"]))
     return state, losses
 
 
-@pytest.fixture(scope="module", params=sorted(ALGOS))
-def reference(request):
-    algo = request.param
-    cfg = load_config(RunConfig, None, [f"algo={algo}", *COMMON, *ALGOS[algo]])
-    state, losses = run_steps(cfg)
-    return cfg, jax.device_get(state.params), losses
+_references = {}
 
 
-@pytest.mark.parametrize("mesh_name", sorted(MESHES))
-def test_sharded_steps_equal_the_single_device_steps(reference, mesh_name):
+def reference(algo):
+    """(config, params, losses) of the one-device run, once per algorithm."""
+    if algo not in _references:
+        cfg = load_config(RunConfig, None, [f"algo={algo}", *COMMON, *ALGOS.get(algo, OTHERS.get(algo))])
+        state, losses = run_steps(cfg)
+        _references[algo] = cfg, jax.device_get(state.params), losses
+    return _references[algo]
+
+
+@pytest.mark.parametrize("algo,mesh_name", CASES)
+def test_sharded_steps_equal_the_single_device_steps(algo, mesh_name):
     assert jax.device_count() >= 4, "tests/conftest.py sets --xla_force_host_platform_device_count=8"
-    cfg, want, want_losses = reference
-    mesh = make_mesh(MESHES[mesh_name])
-    state, losses = run_steps(cfg, mesh)
+    cfg, want, want_losses = reference(algo)
+    cfg = dataclasses.replace(cfg, mesh=MESHES[mesh_name])
+    mesh = make_mesh(cfg.mesh)
+    state, losses = run_steps(cfg)
     np.testing.assert_allclose(losses, want_losses, rtol=2e-5, atol=1e-6)
     got = jax.device_get(state.params)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):

@@ -1,6 +1,6 @@
 """One of two processes of tests/parallel/test_multiprocess.py: joins the other through jax.distributed on
-loopback (2 CPU devices each, 4 in all), runs one DPO step on a data 2 x fsdp 2 mesh spanning both, and
-process 0 writes the loss and the gathered parameters to OUT.npz.
+loopback (2 CPU devices each, 4 in all), runs one DPO step and one sampling call on a data 2 x fsdp 2 mesh
+spanning both, and process 0 writes the loss, the gathered parameters and the sampled tokens to OUT.npz.
 
     python tests/parallel/two_process_worker.py PROCESS_ID PORT OUT
 """
@@ -21,7 +21,7 @@ def main(pid: int, port: int, out: str) -> None:
     from jax.experimental import multihost_utils
 
     from metapl.parallel import make_mesh, shard_step
-    from tests.parallel.test_multiprocess import one_step_setup
+    from tests.parallel.test_multiprocess import one_step_setup, sample_check
 
     assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
     step, state, frozen, batch = one_step_setup()
@@ -30,9 +30,10 @@ def main(pid: int, port: int, out: str) -> None:
     state, metrics = fn(state, frozen, batch)
     params = multihost_utils.process_allgather(state.params, tiled=True)
     loss = float(np.asarray(metrics["loss"].addressable_data(0)))  # replicated: every process holds it
+    sampled = sample_check(mesh)  # every process receives every row
     if pid == 0:
         leaves = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-        np.savez(out, loss=loss, **leaves)
+        np.savez(out, loss=loss, sampled=sampled, **leaves)
 
 
 if __name__ == "__main__":
