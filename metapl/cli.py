@@ -115,12 +115,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_meta_test(args: argparse.Namespace) -> int:
     from metapl.meta.evaluate import MetaTestConfig, meta_test
+    from metapl.parallel import MeshConfig, initialize
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
     test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
                           steps=args.steps, lr=args.lr, beta=args.beta, prox=args.prox, seed=args.seed,
-                          domains_per_batch=args.domains_per_batch, reward=args.reward)
+                          domains_per_batch=args.domains_per_batch, reward=args.reward,
+                          mesh=MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor))
+    initialize(test.mesh)  # multi-process runs join here, before JAX touches a device
     result = meta_test(args.run, args.domains, test, progress=not args.no_progress)
     keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "rm_pair_accuracy")
     print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"], "reward": args.reward,
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="domains adapted and decoded together (vmapped; memory grows with it)")
     m.add_argument("--reward", default="model", choices=("model", "gold"),
                    help="what guides the solver: the run's reward model, or the benchmark's gold reward (oracle)")
+    for axis in ("data", "fsdp", "tensor"):
+        m.add_argument(f"--mesh-{axis}", type=_positive_int, default=1,
+                       help=f"devices on the mesh's {axis} axis (domains split over data x fsdp; default 1)")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_meta_test)
     return parser

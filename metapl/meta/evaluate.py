@@ -32,6 +32,7 @@ from metapl.meta.objectives import reward_function, sample_rewards
 from metapl.meta.train import meta_options
 from metapl.models import SamplingConfig, init_lora
 from metapl.models.sampling import generate_traced
+from metapl.parallel import MeshConfig, batch_shardings, param_shardings, run_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,9 @@ class MetaTestConfig:
     samples_per_prompt: reference samples N; steps, lr, beta, prox: the projected solver (default: the run
     config's `meta` section, or MetaConfig's defaults for an rm run without one); bootstrap: resamples for the
     intervals; domains_per_batch: domains adapted and decoded together (vmapped; memory grows with it); reward:
-    "model" (the run's r_φ) or "gold" (the gold judge's scores of the reference samples: the oracle)."""
+    "model" (the run's r_φ) or "gold" (the gold judge's scores of the reference samples: the oracle); mesh: the
+    devices (a chunk's domains are split over data x fsdp, so domains_per_batch must divide by it; weights are
+    laid out by `metapl.parallel`'s rules; the numbers do not depend on the mesh)."""
 
     prompts: int = 16
     eval_prompts: int = 32
@@ -53,10 +56,14 @@ class MetaTestConfig:
     seed: int = 0
     domains_per_batch: int = 8
     reward: str = "model"
+    mesh: MeshConfig = MeshConfig()
 
     def __post_init__(self):
         if self.reward not in ("model", "gold"):
             raise ValueError(f"reward must be 'model' or 'gold', got {self.reward!r}")
+        if self.domains_per_batch % (self.mesh.data * self.mesh.fsdp):
+            raise ConfigError(f"domains_per_batch = {self.domains_per_batch} does not split over mesh data x fsdp "
+                              f"= {self.mesh.data * self.mesh.fsdp}")
 
 
 def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -120,6 +127,11 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     ref_config = config.replace(lora=None)
     # Weights enter the compiled functions as arguments (closed over, they would be baked in as constants).
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
+    mesh = run_mesh(test.mesh)
+    if mesh is not None:  # weights by the rules; each chunk's per-domain arrays split over data x fsdp below
+        phi, frozen = jax.device_put((phi, frozen), param_shardings((phi, frozen), mesh))
+        theta0, base = frozen["theta0"], frozen["base"]
+    spread = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_shardings(x, mesh)))  # noqa: E731
 
     def adapt(rewards, frozen, support):  # one domain: rewards [P, N], support [P, N, T] -> (θ, inner losses [K])
         problem = domain_problem(meta, config, frozen["base"], frozen["theta0"])  # the projected solver
@@ -177,15 +189,16 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
-        keys = jnp.stack([jax.random.PRNGKey(test.seed * 100_003 + names.index(name)) for name in chunk])
+        keys = spread(jnp.stack([jax.random.PRNGKey(test.seed * 100_003 + names.index(name)) for name in chunk]))
         # N reference samples of each optimisation prompt: support [D, P, N, T].
-        tokens, mask = prompt_batch([[p for p in domains[name][0][: test.prompts] for _ in range(n)]
-                                     for name in chunk])
+        tokens, mask = spread(prompt_batch([[p for p in domains[name][0][: test.prompts] for _ in range(n)]
+                                            for name in chunk]))
         support = sample_support(frozen, tokens, mask, keys)
-        rewards = gold_rewards(chunk, support) if test.reward == "gold" else model_rewards(phi, frozen, support)
+        rewards = spread(gold_rewards(chunk, support)) if test.reward == "gold" else \
+            model_rewards(phi, frozen, support)
         thetas, losses = adapt_chunk(rewards, frozen, support)
         eval_prompts = [domains[name][0][test.prompts:] for name in chunk]
-        tokens, mask = prompt_batch(eval_prompts)
+        tokens, mask = spread(prompt_batch(eval_prompts))
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         outs = {"adapted": sample_chunk(thetas, base, tokens, mask, eval_keys),
                 "reference": sample_reference_chunk(theta0, base, tokens, mask, eval_keys)}
