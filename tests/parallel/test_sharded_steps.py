@@ -2,8 +2,9 @@
 asks XLA for 8). Bradley–Terry RM, DPO, RLOO (on-policy sampling, itself sharded) and the meta-learned RM (the
 episode's domains split over the data axis by shard_map) run several steps on data-only, fsdp-only, data x fsdp
 and data x tensor meshes of 4 devices; every other algorithm (IPO, tree RM, the offline methods, SRPO, PPO) on
-data x fsdp. The parameters are laid out as the rules say. Every step's output is awaited before the next is
-queued (queued collectives can deadlock XLA:CPU's simulated devices)."""
+data x fsdp; DPO also on data x fsdp x tensor over all 8 devices. The parameters are laid out as the rules say.
+Every step's output is awaited before the next is queued (queued collectives can deadlock XLA:CPU's simulated
+devices)."""
 
 import dataclasses
 
@@ -46,7 +47,9 @@ MESHES = {"data": MeshConfig(data=4), "fsdp": MeshConfig(fsdp=4), "data_fsdp": M
           "data_tensor": MeshConfig(data=2, tensor=2)}
 
 
-CASES = [(a, m) for a in sorted(ALGOS) for m in sorted(MESHES)] + [(a, "data_fsdp") for a in sorted(OTHERS)]
+MESHES["all8"] = MeshConfig(data=2, fsdp=2, tensor=2)  # every axis at once, on all 8 devices
+CASES = [(a, m) for a in sorted(ALGOS) for m in sorted(MESHES) if m != "all8"] + \
+    [(a, "data_fsdp") for a in sorted(OTHERS)] + [("dpo", "all8")]
 
 
 def run_steps(cfg):
@@ -85,7 +88,7 @@ def reference(algo):
 
 @pytest.mark.parametrize("algo,mesh_name", CASES)
 def test_sharded_steps_equal_the_single_device_steps(algo, mesh_name):
-    assert jax.device_count() >= 4, "tests/conftest.py sets --xla_force_host_platform_device_count=8"
+    assert jax.device_count() >= 8, "tests/conftest.py sets --xla_force_host_platform_device_count=8"
     cfg, want, want_losses = reference(algo)
     cfg = dataclasses.replace(cfg, mesh=MESHES[mesh_name])
     mesh = make_mesh(cfg.mesh)
