@@ -25,7 +25,7 @@ from metapl.models.logprobs import token_logprobs
 from metapl.models import (
     LoraConfig, ModelConfig, SamplingConfig, generate, init_head_params, init_lora, init_params, llama,
 )
-from metapl.parallel import run_mesh
+from metapl.parallel import param_shardings, place, run_mesh
 from metapl.train.run import RunConfig, Setup
 
 
@@ -199,6 +199,13 @@ def _eval_batches(pairs, bench, cfg):
 def _weighted_mean(rows: list[dict], weights: list[float]) -> dict:
     total = sum(weights)
     return {k: sum(float(r[k]) * w for r, w in zip(rows, weights)) / total for k in rows[0]}
+
+
+def placed_on_run_mesh(frozen, cfg: RunConfig):
+    """Frozen weights laid out on the run's mesh now (unchanged for a one-device run), so that a sampler holding
+    them and the training step share one copy (the run loop's own placement of them is then a no-op)."""
+    mesh = run_mesh(cfg.mesh)
+    return frozen if mesh is None else place(frozen, param_shardings(frozen, mesh))
 
 
 def gold_scores(bench: Benchmark, prompts: list[PromptExample], tokens, mask) -> list[float]:
@@ -628,6 +635,7 @@ def setup_rloo(cfg: RunConfig) -> Setup:
         p, lora = policy(t, f)
         return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)}
 
+    frozen = placed_on_run_mesh(frozen, cfg)
     return Setup(trainable, frozen, objective, Rollouts(prompts, bench, cfg, config, frozen, policy, kwargs["k"]),
                  evaluate, f"rloo: {len(prompts)} prompts, {kwargs['k']} samples each per step, "
                  f"{cfg.data.batch_size} prompts per step")
@@ -724,6 +732,7 @@ def setup_ppo(cfg: RunConfig) -> Setup:
         p, lora = policy(t, f)
         return {"gold_reward": gold_reward_of_samples(p, config, bench, cfg, lora=lora, seed=cfg.seed)}
 
+    frozen = placed_on_run_mesh(frozen, cfg)
     rollouts = PPORollouts(prompts, bench, cfg, config, frozen, policy, 1, opts=opts)
     return Setup(trainable, frozen, objective, rollouts, evaluate,
                  f"ppo: {len(prompts)} prompts, {cfg.data.batch_size} per rollout, {opts['epochs']} steps per rollout")
