@@ -160,14 +160,15 @@ def setup_meta(cfg: RunConfig) -> Setup:
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
 
     if cfg.mesh.data > 1:  # the episode's domains split over the data axis, meta-gradients averaged by pmean
-        compute = functools.partial(meta_gradient_over_shards, mesh=run_mesh(cfg.mesh))
+        shards = functools.partial(meta_gradient_over_shards, mesh=run_mesh(cfg.mesh))
+        compute = lambda phi, *args, **kwargs: shards(jax.lax.stop_gradient(phi), *args, **kwargs)  # noqa: E731
     else:
         compute = meta_gradient
 
     def objective(phi, frozen, batch):
         reward_fn = reward_function(config, frozen["rm"])
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 5), batch["episode"])
-        loss, dphi, metrics = compute(jax.lax.stop_gradient(phi), frozen["theta0"], frozen["base"],
+        loss, dphi, metrics = compute(phi, frozen["theta0"], frozen["base"],
                                       batch["support"], batch["query"], cfg=meta, policy_config=config,
                                       reward_fn=reward_fn, key=key, onpolicy=onpolicy)
         surrogate = jax.lax.stop_gradient(loss) + tree_vdot(jax.tree.map(lambda p: p - jax.lax.stop_gradient(p), phi),
