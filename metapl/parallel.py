@@ -156,6 +156,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def batch_ways(mesh: Mesh | MeshConfig) -> int:
+    """How many pieces a batch's leading dimension is split into: data x fsdp."""
+    shape = mesh.shape if isinstance(mesh, Mesh) else dataclasses.asdict(mesh)
+    return int(np.prod([shape[a] for a in BATCH]))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     """Leading (batch) dimension split over data x fsdp; the rest whole."""
     return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
@@ -228,7 +234,7 @@ def to_host(tree: Any) -> Any:
 
 def check_batch(batch: Any, mesh: Mesh) -> None:
     """A clear error when a batch's leading dimension does not split over data x fsdp."""
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = batch_ways(mesh)
     for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
         if np.ndim(x) and np.shape(x)[0] % ways:
             raise ConfigError(f"batch field {jax.tree_util.keystr(path)}: leading dimension {np.shape(x)[0]} does "

@@ -32,7 +32,7 @@ from metapl.meta.objectives import reward_function, sample_rewards
 from metapl.meta.train import meta_options
 from metapl.models import SamplingConfig, init_lora
 from metapl.models.sampling import generate_traced
-from metapl.parallel import MeshConfig, batch_shardings, param_shardings, run_mesh
+from metapl.parallel import MeshConfig, batch_ways, global_batch, param_shardings, place, run_mesh, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +61,9 @@ class MetaTestConfig:
     def __post_init__(self):
         if self.reward not in ("model", "gold"):
             raise ValueError(f"reward must be 'model' or 'gold', got {self.reward!r}")
-        if self.domains_per_batch % (self.mesh.data * self.mesh.fsdp):
+        if self.domains_per_batch % batch_ways(self.mesh):
             raise ConfigError(f"domains_per_batch = {self.domains_per_batch} does not split over mesh data x fsdp "
-                              f"= {self.mesh.data * self.mesh.fsdp}")
+                              f"= {batch_ways(self.mesh)}")
 
 
 def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -129,9 +129,9 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     frozen = {"theta0": theta0, "base": base, "rm": rm_frozen}
     mesh = run_mesh(test.mesh)
     if mesh is not None:  # weights by the rules; each chunk's per-domain arrays split over data x fsdp below
-        phi, frozen = jax.device_put((phi, frozen), param_shardings((phi, frozen), mesh))
+        phi, frozen = place((phi, frozen), param_shardings((phi, frozen), mesh))
         theta0, base = frozen["theta0"], frozen["base"]
-    spread = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_shardings(x, mesh)))  # noqa: E731
+    spread = (lambda x: x) if mesh is None else (lambda x: global_batch(x, mesh))  # noqa: E731
 
     def adapt(rewards, frozen, support):  # one domain: rewards [P, N], support [P, N, T] -> (θ, inner losses [K])
         problem = domain_problem(meta, config, frozen["base"], frozen["theta0"])  # the projected solver
@@ -176,7 +176,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
     names, tp = list(domains), cfg.data.max_prompt_tokens
 
     def gold_rewards(chunk, support):  # the gold judge's scores of the support samples [D, P, N]
-        support = jax.device_get(support)
+        support = to_host(support)
         scores = []
         for j, name in enumerate(chunk):
             prompts = [p for p in domains[name][0][: test.prompts] for _ in range(n)]
@@ -202,7 +202,7 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         outs = {"adapted": sample_chunk(thetas, base, tokens, mask, eval_keys),
                 "reference": sample_reference_chunk(theta0, base, tokens, mask, eval_keys)}
-        outs, losses = jax.device_get((outs, losses))  # numpy from here: no per-domain device slicing
+        outs, losses = to_host((outs, losses))  # numpy from here: no per-domain device slicing
         for j, domain in enumerate(chunk[: len(names) - start]):
             gold = {name: np.asarray(gold_scores(bench, eval_prompts[j], o["tokens"][j, :, tp:],
                                                  o["response_mask"][j, :, tp:])) for name, o in outs.items()}

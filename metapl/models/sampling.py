@@ -213,11 +213,10 @@ def generate(
 
 
 def _generate_on_mesh(mesh, params, config, tokens, mask, key, sampling, *, pad_id, lora):
-    from metapl.parallel import BATCH, batch_sharding, param_shardings, place, to_host
+    from metapl.parallel import batch_sharding, batch_ways, param_shardings, place, to_host
 
-    ways = int(np.prod([mesh.shape[a] for a in BATCH]))
     b = tokens.shape[0]
-    extra = -b % ways
+    extra = -b % batch_ways(mesh)
     if extra:
         tokens = np.concatenate([tokens, np.repeat(tokens[:1], extra, axis=0)])
         mask = np.concatenate([mask, np.repeat(mask[:1], extra, axis=0)])
