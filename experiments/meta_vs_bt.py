@@ -10,7 +10,7 @@ reference per domain, with bootstrap 95% intervals; JSON + markdown in experimen
 
     python experiments/meta_vs_bt.py                       # defaults below, ~10 min on 2 cores
     python experiments/meta_vs_bt.py --steps 300 --inner-steps 8
-    python experiments/meta_vs_bt.py --sentiment --data-dir DIR   # SmolLM2-135M + LoRA, small config (~20 min)
+    python experiments/meta_vs_bt.py --sentiment --data-dir DIR   # SmolLM2-135M + LoRA, small config (~45 min)
     python experiments/meta_vs_bt.py --oracle --set data.synthetic.shift=1.5   # + the gold-reward oracle row
 
 --set KEY=VALUE (repeatable) overrides the run config of both runs (e.g. the benchmark's knobs); --oracle adds a
