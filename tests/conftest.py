@@ -23,10 +23,7 @@ def rng():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Tests under tests/slow are slow by location, so nobody forgets the marker. Tests sharing the session's
-    # sentiment_domains build run in one worker process under pytest-xdist (`--dist loadgroup`), so it is built once.
+    # Tests under tests/slow are slow by location, so nobody forgets the marker.
     for item in items:
         if f"{os.sep}slow{os.sep}" in str(item.fspath):
             item.add_marker(pytest.mark.slow)
-        if "sentiment_data" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("sentiment_build"))

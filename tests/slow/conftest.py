@@ -8,6 +8,11 @@ from metapl.cli import main
 SENTIMENT_BUILD = ["--pairs-per-domain", "8", "--prompts-per-domain", "8", "--max-new-tokens", "12"]
 
 
+# The tests that use the build mark themselves with SHARES_BUILD, so that pytest-xdist (`--dist loadgroup`) runs
+# them in one worker process and the build is made once.
+SHARES_BUILD = pytest.mark.xdist_group("sentiment_build")
+
+
 @pytest.fixture(scope="session")
 def sentiment_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sentiment")

@@ -5,7 +5,9 @@ import numpy as np
 from metapl.cli import main
 from metapl.data.judges import VaderJudge
 from metapl.data.tfds_builders import load_records, read_metadata
-from tests.slow.conftest import SENTIMENT_BUILD
+from tests.slow.conftest import SENTIMENT_BUILD, SHARES_BUILD
+
+pytestmark = SHARES_BUILD
 
 
 def test_build_and_show_sentiment_domains(sentiment_data, capsys):
