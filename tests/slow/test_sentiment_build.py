@@ -5,9 +5,9 @@ import numpy as np
 from metapl.cli import main
 from metapl.data.judges import VaderJudge
 from metapl.data.tfds_builders import load_records, read_metadata
-from tests.slow.conftest import SENTIMENT_BUILD, SHARES_BUILD
+from tests.slow.conftest import META_CHAIN, SENTIMENT_BUILD
 
-pytestmark = SHARES_BUILD
+pytestmark = META_CHAIN
 
 
 def test_build_and_show_sentiment_domains(sentiment_data, capsys):

@@ -15,9 +15,9 @@ import pytest
 
 from metapl.cli import main
 from metapl.train.run import read_metrics
-from tests.slow.conftest import SENTIMENT_BUILD, SHARES_BUILD
+from tests.slow.conftest import META_CHAIN, SENTIMENT_BUILD
 
-pytestmark = SHARES_BUILD
+pytestmark = META_CHAIN
 
 CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "meta_sentiment.yaml"
 STEPS = 4

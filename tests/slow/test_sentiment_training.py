@@ -7,9 +7,9 @@ import pytest
 
 from metapl.cli import main
 from metapl.train.run import read_metrics
-from tests.slow.conftest import SHARES_BUILD
+from tests.slow.conftest import TRAINING_CHAIN
 
-pytestmark = SHARES_BUILD
+pytestmark = TRAINING_CHAIN
 
 LORA = ["model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,v,o,up,down]",
         "data.benchmark=sentiment_domains", "data.max_prompt_tokens=32", "data.max_response_tokens=16",
