@@ -9,7 +9,9 @@ from metapl.cli import main
 from metapl.train.run import read_metrics
 from tests.slow.conftest import TRAINING_CHAIN
 
-pytestmark = TRAINING_CHAIN
+# Beside the meta chain on the other worker: RLOO took 736 s (602 s alone), after 164 s waiting for the build;
+# pytest-timeout counts the fixture's set-up against the default 900 s.
+pytestmark = [TRAINING_CHAIN, pytest.mark.timeout(1800)]
 
 LORA = ["model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,v,o,up,down]",
         "data.benchmark=sentiment_domains", "data.max_prompt_tokens=32", "data.max_response_tokens=16",
