@@ -10,8 +10,8 @@ from metapl.cli import main
 # The build experiments/configs/meta_sentiment.yaml names (its `# build:` line); 30 held-out domains.
 SENTIMENT_BUILD = ["--pairs-per-domain", "8", "--prompts-per-domain", "8", "--max-new-tokens", "12"]
 
-# The slow suite's two long chains (~20 min each on a 2-core CPU): each is kept in one worker (`--dist loadgroup`)
-# and both are scheduled first, so that they run side by side on two workers while the short tests fill in after.
+# The slow suite's two long chains (~25 min each, side by side on a 2-core CPU): each is kept in one worker
+# (`--dist loadgroup`) and both are scheduled first, on the two workers; the short tests fill in after.
 META_CHAIN = pytest.mark.xdist_group("sentiment_meta")  # the build test, then meta-training and the meta-test
 TRAINING_CHAIN = pytest.mark.xdist_group("sentiment_training")  # RLOO, then DPO
 

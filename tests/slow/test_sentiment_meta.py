@@ -26,7 +26,7 @@ TEST = ["--prompts", "2", "--eval-prompts", "4", "--samples", "2", "--steps", "2
         "--seed", "0", "--no-progress"]
 
 
-@pytest.mark.timeout(1800)  # ~14 min alone on a 2-core CPU, more beside the other test worker (default limit 15)
+@pytest.mark.timeout(1800)  # ~14 min alone on a 2-core CPU, 22 min beside the other worker (default limit 15)
 def test_meta_learned_reward_model_on_heldout_sentiment_domains(sentiment_data, tmp_path):
     build_line = next(line for line in CONFIG.read_text().splitlines() if line.startswith("# build:"))
     assert build_line.split(":", 1)[1].split() == SENTIMENT_BUILD  # the config names the build the test uses

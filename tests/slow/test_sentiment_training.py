@@ -9,7 +9,7 @@ from metapl.cli import main
 from metapl.train.run import read_metrics
 from tests.slow.conftest import TRAINING_CHAIN
 
-# Beside the meta chain on the other worker: RLOO took 736 s (602 s alone), after 164 s waiting for the build;
+# Beside the meta chain on the other worker RLOO took 736 s (602 s alone), after 164 s setting up the shared build;
 # pytest-timeout counts the fixture's set-up against the default 900 s.
 pytestmark = [TRAINING_CHAIN, pytest.mark.timeout(1800)]
 
