@@ -4,13 +4,14 @@ arXiv 2402.14760): the paper's public code does not implement its bilevel algori
 """
 
 from metapl.meta.metagrad import (
-    MetaConfig, domain_problem, meta_gradient, meta_gradient_over_shards, meta_loss, with_reference_logprobs,
+    MetaConfig, domain_keys, domain_problem, meta_gradient, meta_gradient_over_shards, meta_loss,
+    with_reference_logprobs,
 )
 from metapl.meta.objectives import (
     agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_function, reward_pair_loss,
     sample_rewards,
 )
 
-__all__ = ["MetaConfig", "agreement_outer_loss", "domain_problem", "meta_gradient", "meta_gradient_over_shards",
-           "meta_loss", "policy_logprobs", "projected_inner_loss", "reward_function", "reward_pair_loss",
-           "sample_rewards", "with_reference_logprobs"]
+__all__ = ["MetaConfig", "agreement_outer_loss", "domain_keys", "domain_problem", "meta_gradient",
+           "meta_gradient_over_shards", "meta_loss", "policy_logprobs", "projected_inner_loss", "reward_function",
+           "reward_pair_loss", "sample_rewards", "with_reference_logprobs"]

@@ -121,6 +121,17 @@ def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelCo
     return dict(query, ref_chosen_logps=lp("chosen"), ref_rejected_logps=lp("rejected"))
 
 
+def domain_keys(key: jax.Array, e: int) -> jax.Array:
+    """The E domains' sampling keys: `key` split in E, or `key` itself when it already holds E keys (a leading
+    axis of size E), as `meta_gradient_over_shards` hands each shard its slice of the episode's keys."""
+    single_ndim = 0 if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else 1  # typed or raw uint32 keys
+    if key.ndim == single_ndim:
+        return jax.random.split(key, e)
+    if key.ndim != single_ndim + 1 or key.shape[0] != e:
+        raise ValueError(f"expected one PRNG key or {e} (one per domain), got an array of shape {key.shape}")
+    return key
+
+
 def _domain_inputs(phi: Params, theta0: Params, base: Params | None, support: dict, query: dict, cfg: MetaConfig,
                    policy_config: ModelConfig, reward_fn: RewardFn, key: jax.Array | None, onpolicy: dict | None):
     """(problem, per-domain meta-parameters or None, per-domain inner batches, query with reference log-probs,
@@ -134,7 +145,7 @@ def _domain_inputs(phi: Params, theta0: Params, base: Params | None, support: di
     e = support["tokens"].shape[0]
     rewards = jax.lax.stop_gradient(sample_rewards(reward_fn, phi, support))  # reported only
     problem = onpolicy_problem(cfg, policy_config, base, theta0, reward_fn, onpolicy)
-    keys = jax.random.split(key, e * cfg.inner_steps).reshape(e, cfg.inner_steps, -1)
+    keys = jax.vmap(lambda k: jax.random.split(k, cfg.inner_steps))(domain_keys(key, e))  # [E, K] keys
     every_step = lambda x: jnp.broadcast_to(x[:, None], (e, cfg.inner_steps, *x.shape[1:]))  # noqa: E731
     steps = {"prompt_tokens": every_step(support["prompt_tokens"]), "prompt_mask": every_step(support["prompt_mask"]),
              "key": keys}
@@ -180,9 +191,9 @@ def meta_gradient(phi: Params, theta0: Params, base: Params | None, support: dic
 
     support: tokens, attention_mask, response_mask [E, P, N, T] (N reference samples per support prompt);
     query: chosen_/rejected_ tokens, attention_mask, response_mask [E, Q, T]; reward_fn: r_φ (see
-    `objectives.reward_function`). θ₀: the policy's starting
-    trainable parameters (LoRA adapters over `base`, or full params with base None), shared by all domains.
-    The on-policy solver also needs support["prompt_tokens"/"prompt_mask"] [E, P, Tp], a PRNG `key`, and
+    `objectives.reward_function`). θ₀: the policy's starting trainable parameters (LoRA adapters over `base`, or
+    full params with base None), shared by all domains. The on-policy solver also needs
+    support["prompt_tokens"/"prompt_mask"] [E, P, Tp], a PRNG `key` (or E keys, see `domain_keys`), and
     `onpolicy` = {"max_new_tokens", "eos_id", "pad_id"}.
     """
     e = support["tokens"].shape[0]
@@ -227,8 +238,8 @@ def meta_gradient_over_shards(phi: Params, theta0: Params, base: Params | None, 
     over `axis` then averages the shards' losses, meta-gradients and mean metrics. With equal shard sizes the
     mean of the shards' means is the mean over all E domains, so this equals `meta_gradient` up to float
     reassociation. Per-domain `query_accuracy` [E] is gathered; `solver_residual`/`inner_grad_norm` are maxima.
-    The on-policy solver's sampling key is folded with the shard index (the samples differ from one device's,
-    with the same distribution). Call it under `jax.jit`; keyword arguments are `meta_gradient`'s.
+    The on-policy solver's key is split into the E domains' keys before the split over shards, so every domain
+    draws the samples it draws on one device. Call it under `jax.jit`; keyword arguments are `meta_gradient`'s.
     """
     n, e = mesh.shape[axis], support["tokens"].shape[0]
     if e % n:
@@ -239,8 +250,6 @@ def meta_gradient_over_shards(phi: Params, theta0: Params, base: Params | None, 
         # gradient of a replicated value inside shard_map is summed over the shards (the transpose of the
         # implicit broadcast), which would couple the domains' inner loops. The only collective is the pmean.
         phi, theta0, base = jax.tree.map(lambda x: jax.lax.pcast(x, axis, to="varying"), (phi, theta0, base))
-        if key is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis))
         loss, dphi, metrics = meta_gradient(phi, theta0, base, support, query, key=key, **kwargs)
         per_domain = metrics.pop("query_accuracy")
         maxima = {k: jax.lax.pmax(metrics.pop(k), axis) for k in ("solver_residual", "inner_grad_norm")
@@ -250,8 +259,10 @@ def meta_gradient_over_shards(phi: Params, theta0: Params, base: Params | None, 
         metrics.update(maxima, hypergrad_norm=jnp.sqrt(tree_vdot(dphi, dphi)))
         return loss, dphi, metrics, per_domain
 
+    if key is not None:
+        key = domain_keys(key, e)
     spread, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
     loss, dphi, metrics, per_domain = jax.shard_map(
-        shard, mesh=mesh, in_specs=(whole, whole, whole, spread, spread, whole),
+        shard, mesh=mesh, in_specs=(whole, whole, whole, spread, spread, spread),
         out_specs=(whole, whole, whole, spread), axis_names={axis})(phi, theta0, base, support, query, key)
     return loss, dphi, dict(metrics, query_accuracy=per_domain)

@@ -154,14 +154,18 @@ def _generate(weights, prompt_tokens, prompt_mask, key, max_new_tokens, temperat
         # The last column is emitted after the loop: no forward pass is needed past it.
         return (s.step < max_new_tokens - 1) & ~jnp.all(s.done)
 
+    # Inside shard_map the drawn tokens may vary over the manual mesh axes (per-shard weights, prompts or keys),
+    # so the outputs' carry is declared varying over all of them from the start (a no-op outside shard_map).
+    manual_axes = tuple(jax.sharding.get_abstract_mesh().manual_axes)
+    varying = lambda x: jax.lax.pcast(x, manual_axes, to="varying")  # noqa: E731
     state = _Loop(
         step=jnp.zeros((), jnp.int32),
         cache=cache,
         logits=next_token_logits(weights, config, hidden[:, :, -1]),
-        tokens=jnp.full((b, max_len), pad_id, jnp.int32),
-        logprobs=jnp.zeros((b, max_len), jnp.float32),
-        mask=jnp.zeros((b, max_len), bool),
-        done=jnp.zeros((b,), bool),
+        tokens=varying(jnp.full((b, max_len), pad_id, jnp.int32)),
+        logprobs=varying(jnp.zeros((b, max_len), jnp.float32)),
+        mask=varying(jnp.zeros((b, max_len), bool)),
+        done=varying(jnp.zeros((b,), bool)),
         key=key,
     )
     _, _, state = emit(jax.lax.while_loop(cond, body, state))
@@ -289,11 +293,13 @@ def generate_text(
     *,
     chat: bool = False,
     lora: Params | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[str]:
-    """Sample a continuation of each prompt and return the decoded text (stop tokens removed)."""
+    """Sample a continuation of each prompt and return the decoded text (stop tokens removed); with `mesh`,
+    sharded as in `generate`."""
     tokens, mask = encode_prompts(tokenizer, prompts, chat=chat)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = generate(params, config, tokens, mask, key, sampling, pad_id=pad, lora=lora)
+    out = generate(params, config, tokens, mask, key, sampling, pad_id=pad, lora=lora, mesh=mesh)
     toks, m = np.asarray(out.tokens), np.asarray(out.mask)
     stops = set(sampling.stop_token_ids)
     texts = []

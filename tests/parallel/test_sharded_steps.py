@@ -2,9 +2,9 @@
 asks XLA for 8). Bradley–Terry RM, DPO, RLOO (on-policy sampling, itself sharded) and the meta-learned RM (the
 episode's domains split over the data axis by shard_map) run several steps on data-only, fsdp-only, data x fsdp
 and data x tensor meshes of 4 devices; DPO also on data x fsdp x tensor over all 8 devices; every other
-algorithm (IPO, tree RM, the offline methods, SRPO, PPO) on data x fsdp, in the slow suite. The parameters are
-laid out as the rules say. Every step's output is awaited before the next is queued (queued collectives can
-deadlock XLA:CPU's simulated devices)."""
+algorithm (IPO, tree RM, the offline methods, SRPO, PPO, and the meta-learned RM with the on-policy inner solver)
+on data x fsdp, in the slow suite. The parameters are laid out as the rules say. Every step's output is awaited
+before the next is queued (queued collectives can deadlock XLA:CPU's simulated devices)."""
 
 import dataclasses
 
@@ -42,6 +42,9 @@ OTHERS = {  # each on data x fsdp
     "dt": SAMPLED,
     "srpo": [],
     "ppo": ["data.batch_size=4", "data.max_response_tokens=6"],
+    # the meta-learned RM with the on-policy inner solver: sampling inside the inner loop of every domain
+    "meta-onpolicy": [*ALGOS["meta"], "meta.inner_solver=onpolicy", "meta.onpolicy_samples=2",
+                      "data.max_response_tokens=6"],
 }
 MESHES = {"data": MeshConfig(data=4), "fsdp": MeshConfig(fsdp=4), "data_fsdp": MeshConfig(data=2, fsdp=2),
           "data_tensor": MeshConfig(data=2, tensor=2)}
@@ -83,7 +86,8 @@ _references = {}
 def reference(algo):
     """(config, params, losses) of the one-device run, once per algorithm."""
     if algo not in _references:
-        cfg = load_config(RunConfig, None, [f"algo={algo}", *COMMON, *ALGOS.get(algo, OTHERS.get(algo))])
+        overrides = ALGOS.get(algo, OTHERS.get(algo))
+        cfg = load_config(RunConfig, None, [f"algo={algo.removesuffix('-onpolicy')}", *COMMON, *overrides])
         state, losses = run_steps(cfg)
         _references[algo] = cfg, jax.device_get(state.params), losses
     return _references[algo]
