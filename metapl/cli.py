@@ -60,9 +60,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
 
     from metapl.models.pretrained import load_pretrained
+    from metapl.parallel import initialize, run_mesh
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
+    mesh_cfg = _mesh_config(args)
+    initialize(mesh_cfg)  # multi-process runs join here, before JAX touches a device
+    mesh = run_mesh(mesh_cfg)
     import jax
 
     from metapl.models.sampling import SamplingConfig, default_stop_ids, generate_text
@@ -80,14 +84,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     texts = generate_text(model.params, model.config, model.tokenizer, prompts, jax.random.key(args.seed), sampling,
-                          chat=args.chat)
-    _log(f"sampled {len(prompts)} x {args.max_new_tokens} tokens in {time.perf_counter() - t0:.1f}s "
+                          chat=args.chat, mesh=mesh)
+    on = f" on a {' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} mesh" if mesh is not None else ""
+    _log(f"sampled {len(prompts)} x {args.max_new_tokens} tokens{on} in {time.perf_counter() - t0:.1f}s "
          "(including compilation on first use)")
     for prompt, text in zip(prompts, texts):
         print(text if (args.chat or args.completion_only) else prompt + text, flush=True)
         if len(prompts) > 1:
             print("---")
     return 0
+
+
+def _mesh_config(args: argparse.Namespace):
+    """The MeshConfig of the --mesh-* flags."""
+    from metapl.parallel import MeshConfig
+
+    return MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor)
+
+
+def _add_mesh_flags(parser: argparse.ArgumentParser, split: str) -> None:
+    for axis in ("data", "fsdp", "tensor"):
+        parser.add_argument(f"--mesh-{axis}", type=_positive_int, default=1,
+                            help=f"devices on the mesh's {axis} axis ({split}; default 1)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -115,14 +133,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_meta_test(args: argparse.Namespace) -> int:
     from metapl.meta.evaluate import MetaTestConfig, meta_test
-    from metapl.parallel import MeshConfig, initialize
+    from metapl.parallel import initialize
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
     test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
                           steps=args.steps, lr=args.lr, beta=args.beta, prox=args.prox, seed=args.seed,
                           domains_per_batch=args.domains_per_batch, reward=args.reward,
-                          mesh=MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor))
+                          mesh=_mesh_config(args))
     initialize(test.mesh)  # multi-process runs join here, before JAX touches a device
     result = meta_test(args.run, args.domains, test, progress=not args.no_progress)
     keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "rm_pair_accuracy")
@@ -150,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stop", action="store_true", help="do not stop at end-of-sequence tokens")
     p.add_argument("--completion-only", action="store_true", help="print only the generated text")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter/compute dtype")
+    _add_mesh_flags(p, "weights by the sharding rules, prompts split over data x fsdp")
     p.set_defaults(func=_cmd_sample)
 
     from metapl.data.commands import add_parser as add_data_parser
@@ -185,9 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="domains adapted and decoded together (vmapped; memory grows with it)")
     m.add_argument("--reward", default="model", choices=("model", "gold"),
                    help="what guides the solver: the run's reward model, or the benchmark's gold reward (oracle)")
-    for axis in ("data", "fsdp", "tensor"):
-        m.add_argument(f"--mesh-{axis}", type=_positive_int, default=1,
-                       help=f"devices on the mesh's {axis} axis (domains split over data x fsdp; default 1)")
+    _add_mesh_flags(m, "domains split over data x fsdp")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_meta_test)
     return parser

@@ -33,6 +33,19 @@ def test_sample_prints_prompt_and_continuation(tiny_model_dir):
     assert "Traceback" not in out.stderr
 
 
+def test_sample_on_a_mesh_prints_the_one_device_text(tiny_model_dir):
+    # 8 simulated devices (tests/conftest.py's XLA_FLAGS reach the subprocess); 4 prompts split over data x fsdp
+    prompts = [arg for p in ("the cat", "and the", "a", "the the cat") for arg in ("--prompt", p)]
+    args = ("sample", "--model", str(tiny_model_dir), *prompts, "--max-new-tokens", "4", "--temperature", "0.9",
+            "--seed", "5")
+    one = run_cli(*args)
+    sharded = run_cli(*args, "--mesh-data", "2", "--mesh-fsdp", "2")
+    assert one.returncode == 0 and sharded.returncode == 0, (one.stderr, sharded.stderr)
+    assert sharded.stdout == one.stdout and sharded.stdout.count("---\n") == 4
+    assert "on a data 2 x fsdp 2 x tensor 1 mesh" in sharded.stderr
+    _assert_usage_error(run_cli(*args, "--mesh-fsdp", "16"), "mesh: data x fsdp x tensor = 1 x 16 x 1 = 16")
+
+
 def _assert_usage_error(out, *fragments):
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr
