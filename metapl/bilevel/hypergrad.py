@@ -220,37 +220,28 @@ def unrolled_hypergradient(problem: BilevelProblem, phi: Params, theta0: Params,
         raise ValueError(f"truncate must be in [1, {k}], got {truncate}")
     frozen_steps = 0 if truncate is None else k - truncate
     batches = _step_batches(inner_batch, k, per_step_batches)
+    # Truncation: the first `frozen_steps` inner steps run without gradient; the rest is differentiated.
+    theta, state, head_losses = theta0, problem.inner_optimizer.init(theta0), []
+    if frozen_steps:
+        head = None if batches is None else jax.tree.map(lambda x: x[:frozen_steps], batches)
+        theta, state, l0 = inner_solve(problem, jax.lax.stop_gradient(phi), theta0,
+                                       inner_batch if head is None else head,
+                                       per_step_batches=head is not None, steps=frozen_steps)
+        theta, state = jax.lax.stop_gradient((theta, state))
+        head_losses.append(l0)
+    tail = None if batches is None else jax.tree.map(lambda x: x[frozen_steps:], batches)
     if adjoint:
-        theta, state, head_losses = theta0, problem.inner_optimizer.init(theta0), []
-        if frozen_steps:
-            head = None if batches is None else jax.tree.map(lambda x: x[:frozen_steps], batches)
-            theta, state, l0 = inner_solve(problem, jax.lax.stop_gradient(phi), theta0,
-                                           inner_batch if head is None else head,
-                                           per_step_batches=head is not None, steps=frozen_steps)
-            head_losses.append(l0)
-        tail = None if batches is None else jax.tree.map(lambda x: x[frozen_steps:], batches)
         loss, dphi, aux, l1 = _adjoint_reverse(problem, phi, theta, state, tail, inner_batch, k - frozen_steps,
                                                outer_batch)
         aux["inner_losses"] = jnp.concatenate(head_losses + [l1])
         return loss, dphi, aux
 
     def objective(p):
-        theta, state, losses = theta0, None, []
-        if frozen_steps:
-            head = None if batches is None else jax.tree.map(lambda x: x[:frozen_steps], batches)
-            theta, state, l0 = inner_solve(problem, jax.lax.stop_gradient(p), theta0,
-                                           inner_batch if head is None else head,
-                                           per_step_batches=head is not None, checkpoint=checkpoint,
-                                           steps=frozen_steps)
-            theta, state = jax.lax.stop_gradient((theta, state))
-            losses.append(l0)
-        tail = None if batches is None else jax.tree.map(lambda x: x[frozen_steps:], batches)
-        theta, _, l1 = inner_solve(problem, p, theta, inner_batch if tail is None else tail,
-                                   per_step_batches=tail is not None, checkpoint=checkpoint,
-                                   steps=k - frozen_steps, opt_state=state)
-        losses.append(l1)
-        loss, metrics = problem.outer_loss(theta, p, outer_batch)
-        return loss, {"outer": metrics, "theta": theta, "inner_losses": jnp.concatenate(losses)}
+        theta_k, _, l1 = inner_solve(problem, p, theta, inner_batch if tail is None else tail,
+                                     per_step_batches=tail is not None, checkpoint=checkpoint,
+                                     steps=k - frozen_steps, opt_state=state)
+        loss, metrics = problem.outer_loss(theta_k, p, outer_batch)
+        return loss, {"outer": metrics, "theta": theta_k, "inner_losses": jnp.concatenate(head_losses + [l1])}
 
     (loss, aux), dphi = jax.value_and_grad(objective, has_aux=True)(phi)
     return loss, dphi, aux

@@ -28,7 +28,7 @@ from metapl.bilevel import inner_solve
 from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.meta.metagrad import MetaConfig, domain_problem
-from metapl.meta.objectives import reward_function, sample_rewards
+from metapl.meta.objectives import pair_rewards, reward_function, sample_rewards
 from metapl.meta.train import meta_options
 from metapl.models import SamplingConfig, init_lora
 from metapl.models.sampling import generate_traced
@@ -164,9 +164,8 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
     @jax.jit
     def pair_acc(phi, frozen, b):
-        reward_fn = reward_function(config, frozen["rm"])
-        return jnp.mean(reward_fn(phi, b["chosen_tokens"], b["chosen_attention_mask"])
-                        > reward_fn(phi, b["rejected_tokens"], b["rejected_attention_mask"]))
+        chosen, rejected = pair_rewards(reward_function(config, frozen["rm"]), phi, b)
+        return jnp.mean(chosen > rejected)
 
     def prompt_batch(chunk_prompts):  # [D] lists of prompts -> tokens, mask [D, B, max_prompt_tokens]
         arrays = [prompt_arrays(ps, bench.encode, shape, bench.pad_id, TruncationStats(),

@@ -138,8 +138,12 @@ def sample_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> jax.Array:
     return reward_fn(phi, tokens.reshape(-1, t), mask.reshape(-1, t)).reshape(lead)
 
 
+def pair_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(r_φ(chosen), r_φ(rejected)) [Q] of pairs [Q, T]."""
+    return (reward_fn(phi, batch["chosen_tokens"], batch["chosen_attention_mask"]),
+            reward_fn(phi, batch["rejected_tokens"], batch["rejected_attention_mask"]))
+
+
 def reward_pair_loss(reward_fn: RewardFn, phi: Params, batch: dict) -> tuple[jax.Array, dict]:
     """Bradley–Terry loss of r_φ on pairs [Q, T] (the optional λ·BT term of the outer loss)."""
-    r_w = reward_fn(phi, batch["chosen_tokens"], batch["chosen_attention_mask"])
-    r_l = reward_fn(phi, batch["rejected_tokens"], batch["rejected_attention_mask"])
-    return bradley_terry_loss(r_w, r_l)
+    return bradley_terry_loss(*pair_rewards(reward_fn, phi, batch))

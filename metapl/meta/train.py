@@ -32,7 +32,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.episodes import EpisodeConfig, EpisodeSampler
 from metapl.data.schemas import PromptExample
 from metapl.meta.metagrad import MetaConfig, meta_gradient, meta_gradient_over_shards, meta_loss
-from metapl.meta.objectives import reward_function
+from metapl.meta.objectives import pair_rewards, reward_function
 from metapl.models import SamplingConfig, generate, init_lora
 from metapl.models.config import ModelConfig
 from metapl.parallel import run_mesh
@@ -179,10 +179,8 @@ def setup_meta(cfg: RunConfig) -> Setup:
     eval_sets = _eval_batches(bench.eval_pairs, bench, cfg)
 
     def pair_accuracy(phi, frozen, b):
-        reward_fn = reward_function(config, frozen["rm"])
-        diff = reward_fn(phi, b["chosen_tokens"], b["chosen_attention_mask"]) - \
-            reward_fn(phi, b["rejected_tokens"], b["rejected_attention_mask"])
-        return jnp.sum((diff > 0) * b["weights"]), jnp.sum(b["weights"])
+        chosen, rejected = pair_rewards(reward_function(config, frozen["rm"]), phi, b)
+        return jnp.sum((chosen > rejected) * b["weights"]), jnp.sum(b["weights"])
 
     @jax.jit
     def eval_loss(phi, frozen, batch):  # the inner steps and the outer loss, no hypergradient
