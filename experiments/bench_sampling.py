@@ -114,7 +114,8 @@ def main() -> int:
         }
         payload_rows.append(row)
         rows.append(
-            f"| {batch} | {args.new_tokens} | {row['metapl_tokens_per_s']:.1f} | {row['transformers_tokens_per_s']:.1f} "
+            f"| {batch} | {args.new_tokens} | {row['metapl_tokens_per_s']:.1f} "
+            f"| {row['transformers_tokens_per_s']:.1f} "
             f"| **{row['ratio_median_of_rounds']:.2f}x** ({row['ratio_min']:.2f}–{row['ratio_max']:.2f}) "
             f"| {agree:.3f} |"
         )

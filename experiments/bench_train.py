@@ -126,7 +126,8 @@ def build_pairs(tok, pairs: int, prompt_tokens: int, response_tokens: int) -> li
         assert len(ids["prompt"]) == prompt_tokens, len(ids["prompt"])
         assert len(ids["chosen"]) == len(ids["rejected"]) == response_tokens - 1
         for side in ("chosen", "rejected"):  # the boundary does not merge tokens
-            joint = list(tok(prompt + (chosen if side == "chosen" else rejected), add_special_tokens=False)["input_ids"])
+            response = chosen if side == "chosen" else rejected
+            joint = list(tok(prompt + response, add_special_tokens=False)["input_ids"])
             assert joint == ids["prompt"] + ids[side]
         out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "ids": ids})
     return out
@@ -314,7 +315,8 @@ class TRLSide:
         for i, p in enumerate(pairs):
             assert ds[i]["prompt_ids"] == p["ids"]["prompt"], "TRL tokenised the prompt differently"
             assert ds[i]["chosen_ids"] == p["ids"]["chosen"] + [eos], "TRL tokenised a chosen response differently"
-            assert ds[i]["rejected_ids"] == p["ids"]["rejected"] + [eos], "TRL tokenised a rejected response differently"
+            assert ds[i]["rejected_ids"] == p["ids"]["rejected"] + [eos], \
+                "TRL tokenised a rejected response differently"
         coll = self.trainer.data_collator([ds[i] for i in range(len(pairs))])
         ids, att, comp = (coll[k].numpy() for k in ("input_ids", "attention_mask", "completion_mask"))
         assert ids.shape == (2 * len(pairs), length), ids.shape

@@ -46,7 +46,8 @@ def config_from_gguf(meta: dict, tensor_names: set[str], source: str) -> ModelCo
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedConfigError(
-            f"{source}: general.architecture={arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{source}: general.architecture={arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
 
     def get(key, default=None, required=True):
