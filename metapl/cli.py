@@ -85,7 +85,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     texts = generate_text(model.params, model.config, model.tokenizer, prompts, jax.random.key(args.seed), sampling,
                           chat=args.chat, mesh=mesh)
-    on = f" on a {' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} mesh" if mesh is not None else ""
+    on = f" on a {mesh_cfg} mesh" if mesh is not None else ""
     _log(f"sampled {len(prompts)} x {args.max_new_tokens} tokens{on} in {time.perf_counter() - t0:.1f}s "
          "(including compilation on first use)")
     for prompt, text in zip(prompts, texts):

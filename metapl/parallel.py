@@ -67,6 +67,9 @@ class MeshConfig:
     def sharded(self) -> bool:
         return self.size > 1
 
+    def __str__(self) -> str:
+        return " x ".join(f"{name} {getattr(self, name)}" for name in AXES)  # e.g. "data 2 x fsdp 4 x tensor 1"
+
 
 def initialize(cfg: MeshConfig) -> None:
     """`jax.distributed.initialize` for a multi-process run: from the config's coordinator fields, or from the

@@ -202,8 +202,7 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
         from metapl.parallel import make_mesh, shard_step
 
         step_fn, state, frozen = shard_step(step_fn, state, frozen, make_mesh(cfg.mesh))
-        _log(f"mesh: data {cfg.mesh.data} x fsdp {cfg.mesh.fsdp} x tensor {cfg.mesh.tensor} "
-             f"({cfg.mesh.size} of {jax.device_count()} devices)")
+        _log(f"mesh: {cfg.mesh} ({cfg.mesh.size} of {jax.device_count()} devices)")
     manager = _checkpointer(run_dir)
     if resume and manager.latest_step() is not None:
         state, data_state = _restore(manager, manager.latest_step(), state)  # onto `state`'s shardings

@@ -177,13 +177,20 @@ def test_meta_loss_is_the_meta_gradients_loss_without_the_gradient():
             np.testing.assert_allclose(m[key], metrics[key], rtol=1e-12, err_msg=key)
 
 
+ONPOLICY = {"max_new_tokens": RESPONSE, "eos_id": 0, "pad_id": 0}
+
+
+def with_prompts(support):
+    """The support batch with the on-policy solver's prompts [E, P, T - RESPONSE] (the samples' prompt part)."""
+    return dict(support, prompt_tokens=support["tokens"][:, :, 0, : T - RESPONSE],
+                prompt_mask=support["attention_mask"][:, :, 0, : T - RESPONSE])
+
+
 def onpolicy_run(cfg, seed=0):
     pcfg, rcfg, base, theta0, phi, support, query = setup(seed)
-    prompt_len = T - RESPONSE
-    support = dict(support, prompt_tokens=support["tokens"][:, :, 0, :prompt_len],
-                   prompt_mask=support["attention_mask"][:, :, 0, :prompt_len])
+    support = with_prompts(support)
     fn = jax.jit(functools.partial(meta_gradient, cfg=cfg, policy_config=pcfg, reward_fn=reward_function(rcfg),
-                                   onpolicy={"max_new_tokens": RESPONSE, "eos_id": 0, "pad_id": 0}))
+                                   onpolicy=ONPOLICY))
     return lambda p: fn(p, theta0, base, support, query, key=jax.random.PRNGKey(3)), phi
 
 

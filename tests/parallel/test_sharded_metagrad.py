@@ -12,7 +12,7 @@ import pytest
 from metapl.meta import MetaConfig, domain_keys, meta_gradient, meta_gradient_over_shards, reward_function
 from metapl.parallel import MeshConfig, make_mesh
 from tests.finite_diff import x64
-from tests.meta.test_metagrad import RESPONSE, T, setup
+from tests.meta.test_metagrad import ONPOLICY, setup, with_prompts
 
 SOLVERS = {
     "projected": MetaConfig(beta=0.5, beta_out=1.0, inner_steps=2, inner_lr=0.5),
@@ -27,10 +27,8 @@ def test_meta_gradient_over_shards_equals_one_device(solver):
     with x64():
         pcfg, rcfg, base, theta0, phi, support, query = setup()
         e = support["tokens"].shape[0]
-        support = dict(support, prompt_tokens=support["tokens"][:, :, 0, : T - RESPONSE],
-                       prompt_mask=support["attention_mask"][:, :, 0, : T - RESPONSE])
-        kwargs = dict(cfg=cfg, policy_config=pcfg, reward_fn=reward_function(rcfg),
-                      onpolicy={"max_new_tokens": RESPONSE, "eos_id": 0, "pad_id": 0})
+        support = with_prompts(support)
+        kwargs = dict(cfg=cfg, policy_config=pcfg, reward_fn=reward_function(rcfg), onpolicy=ONPOLICY)
         key = jax.random.PRNGKey(3)
         args = (phi, theta0, base, support, query)
         loss, dphi, metrics = jax.jit(functools.partial(meta_gradient, **kwargs))(*args, key=key)
@@ -40,8 +38,7 @@ def test_meta_gradient_over_shards_equals_one_device(solver):
 
         assert float(np.linalg.norm(jax.tree.leaves(dphi)[0])) > 0
         np.testing.assert_allclose(got_loss, loss, rtol=1e-10)
-        for path, a in jax.tree_util.tree_flatten_with_path(got_dphi)[0]:
-            b = functools.reduce(lambda t, k: t[k.key], path, dphi)
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got_dphi)[0], jax.tree.leaves(dphi)):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14, err_msg=jax.tree_util.keystr(path))
         for name in ("query_accuracy", "inner_loss_first", "inner_loss_last", "implicit_margin", "hypergrad_norm"):
             np.testing.assert_allclose(got_metrics[name], metrics[name], rtol=1e-10, err_msg=name)
