@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metapl.meta.evaluate import paired_difference
+from metapl.eval import paired_difference
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

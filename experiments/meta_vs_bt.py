@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metapl.meta.evaluate import paired_difference
+from metapl.eval import paired_difference
 
 
 def run(cmd: list[str]) -> dict:

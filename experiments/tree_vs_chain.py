@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from bench_common import machine_info, write_results
-    from metapl.train.run import prepare_run_dir, train
+    from metapl.runs import prepare_run_dir, train
 
     common = ["algo=tree-rm", f"steps={args.steps}", f"eval_every={args.steps}", "optim.learning_rate=3e-4",
               "data.synthetic.num_domains=30", "data.synthetic.num_heldout=20"]
@@ -42,13 +42,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tree_dir = Path(tmp) / "tree"
             cfg = prepare_run_dir(tree_dir, None, common + [f"seed={seed}", f"data.tree_prompts={args.tree_prompts}",
-                                                             "data.batch_size=4", "data.tree.pairs_per_tree=4"], False)
+                                                             "data.batch_size=4", "tree.pairs_per_tree=4"], False)
             results["tree"].append(train(tree_dir, cfg, progress=False)["pair_accuracy"])
             n = _comparisons(tree_dir)
             chain_dir = Path(tmp) / "chain"
             cfg = prepare_run_dir(chain_dir, None, common + [f"seed={seed}", f"data.tree_prompts={n}",
-                                                              "data.batch_size=16", "data.tree.depth=1",
-                                                              "data.tree.branching=2", "data.tree.pairs_per_tree=1"],
+                                                              "data.batch_size=16", "tree.depth=1",
+                                                              "tree.branching=2", "tree.pairs_per_tree=1"],
                                   False)
             results["chain"].append(train(chain_dir, cfg, progress=False)["pair_accuracy"])
             comparisons[seed] = {"tree": n, "chain": _comparisons(chain_dir)}

@@ -111,12 +111,11 @@ def _add_mesh_flags(parser: argparse.ArgumentParser, split: str) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from metapl.runs import algorithm_names, prepare_run_dir, train
     from metapl.runtime import enable_compile_cache
-    from metapl.train.algorithms import ALGORITHMS
-    from metapl.train.run import prepare_run_dir, train
 
-    if args.algo not in ALGORITHMS:
-        raise UsageError(f"unknown algorithm {args.algo!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    if args.algo not in algorithm_names():
+        raise UsageError(f"unknown algorithm {args.algo!r}; available: {', '.join(algorithm_names())}")
     for item in args.overrides:
         if "=" not in item:
             raise UsageError(f"expected key=value, got {item!r}")
@@ -132,7 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_meta_test(args: argparse.Namespace) -> int:
-    from metapl.meta.evaluate import MetaTestConfig, meta_test
+    from metapl.runs import MetaTestConfig, meta_test
     from metapl.parallel import initialize
     from metapl.runtime import enable_compile_cache
 

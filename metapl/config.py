@@ -139,8 +139,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """`cls` from a YAML file (optional) plus dotted overrides."""
+def read_mapping(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """The nested dict of a YAML file (optional) with dotted overrides applied; errors name the file."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -153,7 +153,16 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return from_dict(cls, apply_overrides(data, list(overrides)))
+        return apply_overrides(data, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """`cls` from a YAML file (optional) plus dotted overrides."""
+    data = read_mapping(path, overrides)
+    try:
+        return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 

@@ -8,6 +8,10 @@
   readers     metapl.data.readers: SHP, HH-RLHF, TL;DR comparisons/posts, XSum, Amazon reviews, your own tables
   corpora     metapl.data.corpora (real texts from installed packages), metapl.data.judges (VADER)
   sampling    metapl.data.sample_sets (scored samples for offline RLHF), metapl.data.trees (preference trees)
+  offline     metapl.data.sft_arrays (SFT batches of scored samples), metapl.data.reward_tokens (reward-token
+              templates and bins of reward-conditioned SFT)
+  srpo        metapl.data.srpo: the six sequences of a pair, the revision prompt, `revise` (generate, then
+              revise n times)
 """
 
 from metapl.data.records import ReadResult, check_domain, read_jsonl, write_jsonl

@@ -18,7 +18,7 @@ from metapl.data.schemas import DataError, PreferencePair, PromptExample
 
 
 @dataclasses.dataclass(frozen=True)
-class EpisodeConfig:
+class EpisodeShape:
     """domains_per_episode domains per episode; per domain `support_prompts` prompts and `query_pairs` pairs,
     the pairs drawn from a pool of `feedback_budget` pairs per domain (an int, or a per-domain mapping)."""
 
@@ -26,6 +26,12 @@ class EpisodeConfig:
     support_prompts: int = 8
     query_pairs: int = 8
     feedback_budget: int | Mapping[str, int] = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig(EpisodeShape):
+    """An `EpisodeShape` and the seed of the episode draws."""
+
     seed: int = 0
 
 

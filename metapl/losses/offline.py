@@ -21,8 +21,9 @@ not grow with response length). It also makes the loss invariant to rescaling th
 need not be renormalised and RWR weights need not sum to one (they do anyway).
 
 Array helpers (jit-able, on [B] arrays): `filter_weights`, `rwr_weights`. Model objective: `sft_objective`.
-Builders (numpy, deterministic, through `metapl.data.batching`): `sample_arrays` (SFT batch with rewards and
-prompt ids, for filtering and RWR) and `reward_conditioned_arrays` (the Decision-Transformer batch).
+The batches come from `metapl.data.sft_arrays`: `sample_arrays` (SFT batch with rewards and prompt ids, for
+filtering and RWR) and `reward_conditioned_arrays` (the Decision-Transformer batch; its reward tokens and
+templates are `metapl.data.reward_tokens`).
 
     arrays = sample_arrays(samples, tok.encode, shape, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     arrays["weights"] = filter_weights(arrays["rewards"], arrays["prompt_ids"], mode="best_of_n")
@@ -32,30 +33,16 @@ prompt ids, for filtering and RWR) and `reward_conditioned_arrays` (the Decision
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import math
-import numbers
-import re
-import statistics
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from metapl.data.batching import Encode, SequenceShape, TruncationStats, collate, encode_sequence
-from metapl.data.sample_sets import zscore_by_prompt
-from metapl.data.schemas import ScoredSample
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
 
-__all__ = [
-    "DEFAULT_REWARD_TEMPLATE", "DEFAULT_REWARD_TOKEN", "filter_weights", "nll_loss", "normal_bin_edges",
-    "parse_reward_prompt", "render_reward_prompt", "reward_bin", "reward_conditioned_arrays", "reward_token",
-    "rwr_weights", "sample_arrays", "sft_objective",
-]
+__all__ = ["filter_weights", "nll_loss", "rwr_weights", "sft_objective"]
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -230,176 +217,3 @@ def sft_objective(
     if weights is not None:
         weights = jax.lax.stop_gradient(weights)
     return nll_loss(token_lp, batch["response_mask"], weights)
-
-
-# ------------------------------------------------------------------------- reward-conditioned ("DT") prompts
-
-DEFAULT_REWARD_TOKEN = "<|reward_{bin}|>"
-# The token goes *after* the prompt, right before the response: `encode_sequence` truncates long prompts from
-# the left, which would cut a leading token; at the end it always survives and sits next to what it conditions.
-DEFAULT_REWARD_TEMPLATE = "{prompt} " + DEFAULT_REWARD_TOKEN
-DEFAULT_BINS = 4
-
-
-def normal_bin_edges(num_bins: int) -> tuple[float, ...]:
-    """The num_bins − 1 interior edges that cut a standard normal into equal-mass bins (the quantiles
-    Φ⁻¹(k / num_bins)): z-scores of a prompt's samples then fill the bins about equally. 4 bins: ±0.674, 0."""
-    if num_bins < 2:
-        raise ValueError(f"need at least 2 bins, got {num_bins}")
-    nd = statistics.NormalDist()
-    return tuple(nd.inv_cdf(k / num_bins) for k in range(1, num_bins))
-
-
-def _edges(bins: int | Sequence[float]) -> tuple[float, ...]:
-    if isinstance(bins, numbers.Integral):
-        return normal_bin_edges(int(bins))
-    edges = tuple(float(e) for e in bins)
-    if not edges or any(not math.isfinite(e) for e in edges) or any(a >= b for a, b in itertools.pairwise(edges)):
-        raise ValueError(f"bin edges must be a non-empty, strictly increasing list of finite numbers, got {bins}")
-    return edges
-
-
-def reward_bin(z: float, bins: int | Sequence[float] = DEFAULT_BINS) -> int:
-    """The bin of a z-score: the number of edges ≤ z, in 0 .. K−1 (K = number of bins).
-
-    bins: K (equal-mass bins of a standard normal, `normal_bin_edges(K)`) or the increasing interior edges.
-    A z exactly on an edge goes to the upper bin.
-    """
-    if not math.isfinite(z):
-        raise ValueError(f"z must be finite, got {z}")
-    return bisect.bisect_right(_edges(bins), float(z))
-
-
-def _num_bins(bins: int | Sequence[float]) -> int:
-    return len(_edges(bins)) + 1
-
-
-def reward_token(z: float, bins: int | Sequence[float] = DEFAULT_BINS, token: str = DEFAULT_REWARD_TOKEN) -> str:
-    """The reward token of a z-score, e.g. "<|reward_3|>". `token` may use {bin} and {top} (= K − 1), e.g.
-    "Score: {bin}/{top}"."""
-    return token.format(bin=reward_bin(z, bins), top=_num_bins(bins) - 1)
-
-
-def render_reward_prompt(
-    prompt: str,
-    z_or_bin: float | int,
-    template: str = DEFAULT_REWARD_TEMPLATE,
-    *,
-    bins: int | Sequence[float] = DEFAULT_BINS,
-) -> str:
-    """The conditioned prompt: `template` with {prompt}, {bin} and {top} (= K − 1) filled in.
-
-    z_or_bin: an integer (Python or numpy) is a bin index in 0 .. K−1 — what inference uses to condition on
-    a chosen target, usually the top bin K − 1; a float is a z-score, quantised with `bins` (`reward_bin`).
-    """
-    k = _num_bins(bins)
-    if isinstance(z_or_bin, numbers.Integral) and not isinstance(z_or_bin, bool):
-        b = int(z_or_bin)
-        if not 0 <= b < k:
-            raise ValueError(f"bin {b} is outside 0 .. {k - 1}")
-    elif isinstance(z_or_bin, numbers.Real) and not isinstance(z_or_bin, bool):
-        b = reward_bin(float(z_or_bin), bins)
-    else:
-        raise TypeError(f"z_or_bin must be an int bin or a float z-score, got {type(z_or_bin).__name__}")
-    if "{prompt}" not in template or "{bin}" not in template:
-        raise ValueError(f"the template must contain {{prompt}} and {{bin}}, got {template!r}")
-    return template.format(prompt=prompt, bin=b, top=k - 1)
-
-
-def parse_reward_prompt(
-    text: str, template: str = DEFAULT_REWARD_TEMPLATE, *, bins: int | Sequence[float] = DEFAULT_BINS
-) -> tuple[str, int]:
-    """The inverse of `render_reward_prompt`: (prompt, bin) from a conditioned prompt. Raises ValueError if
-    `text` does not follow the template."""
-    k = _num_bins(bins)
-    pattern, seen = [], set()
-    for i, part in enumerate(re.split(r"\{(prompt|bin|top)\}", template)):
-        if i % 2 == 0:
-            pattern.append(re.escape(part))
-        elif part == "top":
-            pattern.append(re.escape(str(k - 1)))
-        elif part in seen:
-            pattern.append(f"(?P={part})")
-        else:
-            seen.add(part)
-            pattern.append("(?P<prompt>.*)" if part == "prompt" else r"(?P<bin>\d+)")
-    m = re.fullmatch("".join(pattern), text, flags=re.DOTALL)
-    if m is None or int(m["bin"]) >= k:
-        raise ValueError(f"{text!r} does not follow the reward template {template!r} with {k} bins")
-    return m["prompt"], int(m["bin"])
-
-
-# ---------------------------------------------------------------------------------------------------- builders
-
-
-def _sft_arrays(prompts: Sequence[str], responses: Sequence[str], encode: Encode, shape: SequenceShape, *,
-                eos_id: int | None, pad_id: int, stats: TruncationStats | None, length: int | None) -> dict:
-    if not prompts:
-        raise ValueError("no samples")
-    stats = stats if stats is not None else TruncationStats()
-    encoded = [encode_sequence(encode(p), encode(r), shape, eos_id, stats) for p, r in zip(prompts, responses)]
-    seqs = collate(encoded, length or shape.bucket(max(len(e.ids) for e in encoded)), pad_id)
-    return {"tokens": seqs.tokens, "attention_mask": seqs.attention_mask, "response_mask": seqs.response_mask}
-
-
-def _prompt_ids(samples: Sequence[ScoredSample]) -> np.ndarray:
-    """Group index of each sample's (domain, prompt), groups numbered in order of first appearance."""
-    index: dict[tuple[str, str], int] = {}
-    return np.asarray([index.setdefault((s.domain, s.prompt), len(index)) for s in samples], np.int32)
-
-
-def sample_arrays(
-    samples: Sequence[ScoredSample],
-    encode: Encode,
-    shape: SequenceShape,
-    *,
-    eos_id: int | None,
-    pad_id: int = 0,
-    stats: TruncationStats | None = None,
-    length: int | None = None,
-) -> dict[str, np.ndarray]:
-    """An SFT batch of `prompt ⊕ response (⊕ eos)` per sample, in order (the shared batching code).
-
-    Returns tokens, attention_mask, response_mask [N, L] (L = `length` or the bucket of the longest);
-    rewards [N] float32; prompt_ids [N] int32 (same (domain, prompt) = same id, numbered by first appearance);
-    weights [N] float32, all 1 — replace them with `filter_weights(...)` or `rwr_weights(...)`.
-    """
-    out = _sft_arrays([s.prompt for s in samples], [s.response for s in samples], encode, shape, eos_id=eos_id,
-                      pad_id=pad_id, stats=stats, length=length)
-    out["rewards"] = np.asarray([s.reward for s in samples], np.float32)
-    out["prompt_ids"] = _prompt_ids(samples)
-    out["weights"] = np.ones(len(samples), np.float32)
-    return out
-
-
-def reward_conditioned_arrays(
-    samples: Sequence[ScoredSample],
-    encode: Encode,
-    shape: SequenceShape,
-    *,
-    eos_id: int | None,
-    pad_id: int = 0,
-    bins: int | Sequence[float] = DEFAULT_BINS,
-    template: str = DEFAULT_REWARD_TEMPLATE,
-    stats: TruncationStats | None = None,
-    length: int | None = None,
-) -> dict[str, np.ndarray]:
-    """The reward-conditioned ("Decision Transformer") SFT batch: `render_reward_prompt(x, bin(z)) ⊕ y (⊕ eos)`.
-
-    z is each sample's z-score within its prompt (`sample_sets.zscore_by_prompt`: population std; a prompt
-    with equal rewards gets z = 0), quantised with `bins`. Deterministic: samples stay in order.
-    Returns tokens, attention_mask, response_mask [N, L]; weights [N] (ones); reward_bin [N] int32;
-    prompt_ids [N] int32. At inference, sample from `render_reward_prompt(x, K − 1, template, bins=bins)`
-    (or any target bin) with the same template and bins.
-    """
-    if not samples:
-        raise ValueError("no samples")
-    z = [s.reward for s in zscore_by_prompt(samples)]
-    bin_ids = [reward_bin(v, bins) for v in z]
-    prompts = [render_reward_prompt(s.prompt, b, template, bins=bins) for s, b in zip(samples, bin_ids)]
-    out = _sft_arrays(prompts, [s.response for s in samples], encode, shape, eos_id=eos_id, pad_id=pad_id,
-                      stats=stats, length=length)
-    out["weights"] = np.ones(len(samples), np.float32)
-    out["reward_bin"] = np.asarray(bin_ids, np.int32)
-    out["prompt_ids"] = _prompt_ids(samples)
-    return out

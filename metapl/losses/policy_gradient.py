@@ -24,6 +24,11 @@ import jax.numpy as jnp
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import token_logprobs
 
+__all__ = [
+    "adaptive_kl_update", "gae", "kl_penalty", "leave_one_out_advantages", "policy_and_values", "ppo_objective",
+    "ppo_policy_loss", "ppo_value_loss", "rloo_loss", "rloo_objective", "token_rewards",
+]
+
 Params = Any
 
 
@@ -89,7 +94,7 @@ def rloo_objective(
     *,
     config: ModelConfig,
     k: int,
-    beta: float = 0.05,
+    beta: float,
     estimator: str = "k1",
     lora: Params | None = None,
 ) -> tuple[jax.Array, dict]:
@@ -205,9 +210,9 @@ def ppo_objective(
     batch: Mapping[str, jax.Array],
     *,
     config: ModelConfig,
-    clip: float = 0.2,
-    value_clip: float = 0.2,
-    value_coef: float = 0.1,
+    clip: float,
+    value_clip: float,
+    value_coef: float,
     lora: Params | None = None,
 ) -> tuple[jax.Array, dict]:
     """PPO on a rollout batch: tokens, attention_mask, response_mask [B, T]; old_logps, old_values,

@@ -22,6 +22,11 @@ from metapl.models.config import ModelConfig
 from metapl.models.heads import reward
 from metapl.models.logprobs import sequence_logprobs
 
+__all__ = [
+    "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "pair_logprobs",
+    "reference_logprobs", "rm_objective", "tree_rm_objective",
+]
+
 Params = Any
 Batch = Mapping[str, jax.Array]
 
@@ -144,7 +149,7 @@ def dpo_objective(
     batch: Batch,
     *,
     config: ModelConfig,
-    beta: float = 0.1,
+    beta: float,
     kind: str = "dpo",
     label_smoothing: float = 0.0,
     lora: Params | None = None,

@@ -13,66 +13,30 @@ six sequence log-probabilities per preference pair (x, y_w, y_l), with
 
 L_self teaches the reviser to prefer y_w whatever it is shown; L_gen ties the generator to the reviser. Each
 part is zero at a known point: L_self when both revision margins β·Δh equal ½, L_gen when the combined margin
-is 1. At inference the model generates, then revises its own output n times (`revise`).
+is 1.
 
-The six sequences, in this order everywhere (`SRPO_SEQUENCES`; batch keys "{name}_tokens", ...):
-
-    chosen                   x            → y_w
-    rejected                 x            → y_l
-    chosen_given_rejected    (x, y_l)     → y_w
-    rejected_given_rejected  (x, y_l)     → y_l
-    chosen_given_chosen      (x, y_w)     → y_w
-    rejected_given_chosen    (x, y_w)     → y_l
-
-The revision context (x, y′) is the string `revision_prompt(x, y′)` (`DEFAULT_REVISION_TEMPLATE`, or any
-template with {prompt} and {response}); it is tokenised as one prompt, so `SequenceShape.max_prompt_tokens`
-must leave room for x, the template and y′ (a longer context loses its *start*, which is x).
+The six log-probs are keyed by `SRPO_SEQUENCES`, the six sequences `metapl.data.srpo` builds (with the
+revision context (x, y′) and the revise-n-times inference routine): chosen = y_w | x, rejected = y_l | x,
+chosen_given_rejected = y_w | (x, y_l), rejected_given_rejected = y_l | (x, y_l), chosen_given_chosen =
+y_w | (x, y_w), rejected_given_chosen = y_l | (x, y_w).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from metapl.data.batching import Encode, SequenceBatch, SequenceShape, TruncationStats, collate, encode_sequence
-from metapl.data.schemas import PreferencePair
+from metapl.data.srpo import SRPO_SEQUENCES
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
-from metapl.models.sampling import SamplingConfig, generate_text
 
-__all__ = [
-    "DEFAULT_REVISION_TEMPLATE", "SRPO_SEQUENCES", "SrpoBatch", "revise", "revision_prompt", "srpo_logprobs",
-    "srpo_loss", "srpo_objective", "srpo_reference_logprobs", "srpo_sequences",
-]
+__all__ = ["srpo_logprobs", "srpo_loss", "srpo_objective", "srpo_reference_logprobs"]
 
 Params = Any
 Batch = Mapping[str, jax.Array]
-
-SRPO_SEQUENCES = (
-    "chosen", "rejected", "chosen_given_rejected", "rejected_given_rejected", "chosen_given_chosen",
-    "rejected_given_chosen",
-)
-
-# In the spirit of the paper's self-improvement prompts: the original request, the response to improve, and an
-# instruction to write a better one; the model's revision follows the template directly.
-DEFAULT_REVISION_TEMPLATE = (
-    "{prompt}\n\n"
-    "Here is a response to the request above:\n"
-    "{response}\n\n"
-    "Improve this response. Improved response:\n"
-)
-
-
-def revision_prompt(prompt: str, response: str, template: str = DEFAULT_REVISION_TEMPLATE) -> str:
-    """The context (x, y′) in which the model revises `response` to `prompt`: `template` with {prompt} and
-    {response} filled in. The revision is the continuation of this string."""
-    if "{prompt}" not in template or "{response}" not in template:
-        raise ValueError(f"a revision template needs {{prompt}} and {{response}}, got {template!r}")
-    return template.format(prompt=prompt, response=response)
 
 
 # ------------------------------------------------------------------------------------------------- array loss
@@ -147,61 +111,6 @@ def srpo_loss(
     return loss, metrics
 
 
-# --------------------------------------------------------------------------------------------------- builders
-
-
-class SrpoBatch(NamedTuple):
-    """The six sequences of each pair as SequenceBatches [B, L] (one L for all six)."""
-
-    chosen: SequenceBatch
-    rejected: SequenceBatch
-    chosen_given_rejected: SequenceBatch
-    rejected_given_rejected: SequenceBatch
-    chosen_given_chosen: SequenceBatch
-    rejected_given_chosen: SequenceBatch
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The flat dict `srpo_objective` takes: "{name}_tokens", "{name}_attention_mask",
-        "{name}_response_mask" for each name in SRPO_SEQUENCES."""
-        out = {}
-        for name, seqs in zip(self._fields, self):
-            out.update({f"{name}_{k}": v for k, v in seqs._asdict().items()})
-        return out
-
-
-def srpo_sequences(
-    pairs: Sequence[PreferencePair],
-    encode: Encode,
-    shape: SequenceShape,
-    *,
-    eos_id: int | None,
-    pad_id: int = 0,
-    template: str = DEFAULT_REVISION_TEMPLATE,
-    stats: TruncationStats | None = None,
-    length: int | None = None,
-) -> SrpoBatch:
-    """Tokenise the six sequences of each pair (see the module docstring) with the shared batching code.
-
-    Contexts: x for the generator, `revision_prompt(x, y′, template)` for the reviser; each response is
-    encoded once per pair. All six are padded to `length` (default: the bucket of the longest of them).
-    Deterministic: pairs stay in order.
-    """
-    if not pairs:
-        raise ValueError("no preference pairs")
-    stats = stats if stats is not None else TruncationStats()
-    rows: dict[str, list] = {k: [] for k in SRPO_SEQUENCES}
-    for pair in pairs:
-        x, y_w, y_l = encode(pair.prompt), encode(pair.chosen), encode(pair.rejected)
-        ctx_l = encode(revision_prompt(pair.prompt, pair.rejected, template))
-        ctx_w = encode(revision_prompt(pair.prompt, pair.chosen, template))
-        for name, (ctx, y) in zip(SRPO_SEQUENCES, ((x, y_w), (x, y_l), (ctx_l, y_w), (ctx_l, y_l), (ctx_w, y_w),
-                                                   (ctx_w, y_l))):
-            rows[name].append(encode_sequence(ctx, y, shape, eos_id, stats))
-    if length is None:
-        length = shape.bucket(max(len(e.ids) for seqs in rows.values() for e in seqs))
-    return SrpoBatch(*(collate(rows[name], length, pad_id) for name in SRPO_SEQUENCES))
-
-
 # ------------------------------------------------------------------------------------------- model objective
 
 
@@ -229,13 +138,13 @@ def srpo_objective(
     batch: Batch,
     *,
     config: ModelConfig,
-    beta: float = 0.1,
-    alpha: float = 0.5,
+    beta: float,
+    alpha: float,
     lora: Params | None = None,
     ref_params: Params | None = None,
     ref_logps: Mapping[str, jax.Array] | Sequence[jax.Array] | None = None,
 ) -> tuple[jax.Array, dict]:
-    """`srpo_loss` on a batch of `SrpoBatch.arrays()` (optionally with "weights" [B]).
+    """`srpo_loss` on a batch of `metapl.data.srpo.SrpoBatch.arrays()` (optionally with "weights" [B]).
 
     The reference log-probs come from, in order: `ref_logps` (keys SRPO_SEQUENCES, or 6 arrays); the batch's
     "ref_{name}_logps" (`srpo_reference_logprobs`); `ref_params`; or else (LoRA training) `params` without the
@@ -253,41 +162,3 @@ def srpo_objective(
         ref = srpo_logprobs(params if ref_params is None else ref_params, config, batch)
     ref = jax.lax.stop_gradient(ref)
     return srpo_loss(policy, ref, beta=beta, alpha=alpha, weights=batch.get("weights"))
-
-
-# --------------------------------------------------------------------------------------------------- inference
-
-
-def revise(
-    params: Params,
-    config: ModelConfig,
-    tokenizer,
-    prompts: Sequence[str],
-    n: int,
-    sampling: SamplingConfig,
-    key: jax.Array,
-    *,
-    template: str = DEFAULT_REVISION_TEMPLATE,
-    chat: bool = False,
-    lora: Params | None = None,
-) -> list[list[str]]:
-    """Generate a response to each prompt, then revise it n times in context.
-
-    Step 0 samples y_0 from x; step i = 1..n samples y_i from `revision_prompt(x, y_{i−1}, template)`. Step i
-    uses the key `fold_in(key, i)`, so a chain is a function of (params, prompts, n, sampling, key).
-    Returns, for each prompt, [y_0, y_1, ..., y_n] (y_n is the final answer). With chat=True every context is
-    wrapped in the tokenizer's chat template as a user turn (see `generate_text`).
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    prompts = list(prompts)
-    current = generate_text(params, config, tokenizer, prompts, jax.random.fold_in(key, 0), sampling, chat=chat,
-                            lora=lora)
-    chains = [[y] for y in current]
-    for i in range(1, n + 1):
-        contexts = [revision_prompt(x, y, template) for x, y in zip(prompts, current)]
-        current = generate_text(params, config, tokenizer, contexts, jax.random.fold_in(key, i), sampling,
-                                chat=chat, lora=lora)
-        for chain, y in zip(chains, current):
-            chain.append(y)
-    return chains

@@ -1,17 +1,34 @@
-"""Meta-learning a general reward model: the bilevel losses, the per-episode meta-gradient, meta-train and
-meta-test. The formulation is DESIGN.md's "Bilevel formulation", written from the paper's description (Jia,
-arXiv 2402.14760): the paper's public code does not implement its bilevel algorithm.
+"""Meta-learning a general reward model: the bilevel losses, the meta objective and its gradient, meta-train's
+episodes and options, and meta-test. The formulation is DESIGN.md's "Bilevel formulation", written from the
+paper's description (Jia, arXiv 2402.14760): the paper's public code does not implement its bilevel algorithm.
+
+* `objectives`: the inner losses (projected, on-policy) and the outer agreement loss, r_φ helpers.
+* `metagrad`: `MetaConfig` (the bilevel problem and its hypergradient method), `meta_objective` (differentiable
+  in φ: its `jax.grad` is the meta-gradient), `meta_gradient`, `meta_loss`, and their versions over a mesh.
+* `episodes`, `options`, `parameters`: what meta-training feeds on, its config section, its parameter layout.
+* `evaluate`: meta-test, a frozen reward model guiding policy optimisation on held-out domains, in stages.
 """
 
+from metapl.meta.episodes import EpisodeBatches, ReferenceSamples, sample_reference
+from metapl.meta.evaluate import (
+    MetaTestConfig, RestoredReward, adapt_and_sample, domain_key, judge, meta_test, pair_accuracy, pair_accuracy_fn,
+    render, restore_reward_model, solver_config, summarise,
+)
 from metapl.meta.metagrad import (
-    MetaConfig, domain_keys, domain_problem, meta_gradient, meta_gradient_over_shards, meta_loss,
-    with_reference_logprobs,
+    MetaConfig, domain_keys, domain_problem, meta_gradient, meta_gradient_over_shards, meta_loss, meta_objective,
+    meta_objective_over_shards, onpolicy_problem, with_reference_logprobs,
 )
 from metapl.meta.objectives import (
-    agreement_outer_loss, policy_logprobs, projected_inner_loss, reward_function, reward_pair_loss,
-    sample_rewards,
+    RewardFn, agreement_outer_loss, onpolicy_inner_grad, pair_rewards, policy_logprobs, projected_inner_loss,
+    reward_function, reward_pair_loss, sample_rewards,
 )
+from metapl.meta.options import MetaOptions
+from metapl.meta.parameters import meta_parameters
 
-__all__ = ["MetaConfig", "agreement_outer_loss", "domain_keys", "domain_problem", "meta_gradient",
-           "meta_gradient_over_shards", "meta_loss", "policy_logprobs", "projected_inner_loss", "reward_function",
-           "reward_pair_loss", "sample_rewards", "with_reference_logprobs"]
+__all__ = ["EpisodeBatches", "MetaConfig", "MetaOptions", "MetaTestConfig", "ReferenceSamples", "RestoredReward",
+           "RewardFn", "adapt_and_sample", "agreement_outer_loss", "domain_key", "domain_keys", "domain_problem",
+           "judge", "meta_gradient", "meta_gradient_over_shards", "meta_loss", "meta_objective",
+           "meta_objective_over_shards", "meta_parameters", "meta_test", "onpolicy_inner_grad", "onpolicy_problem",
+           "pair_accuracy", "pair_accuracy_fn", "pair_rewards", "policy_logprobs", "projected_inner_loss", "render",
+           "restore_reward_model", "reward_function", "reward_pair_loss", "sample_rewards", "sample_reference",
+           "solver_config", "summarise", "with_reference_logprobs"]

@@ -8,9 +8,10 @@ h_θ(x, y) = log π_θ(y|x) − log π_ref(y|x), summed over response tokens.
   −(1/P) Σ_x Σ_i softmax_i(r(x, y_i)/β) · log π_θ(y_i|x). Its minimiser is the projection of
   π* ∝ π_ref exp(r/β) on the samples. It takes the rewards r_φ(x, y_i) [P, N] as its meta-parameter rather than φ
   itself: they do not change during the inner steps, so they are computed once, and dF/dφ = (∂r/∂φ)ᵀ dF/dr
-  (`reward_vjp`).
+  (autodiff through r_φ of the samples, `meta_objective`).
 * `agreement_outer_loss(θ, _, batch)`: the adapted policy's DPO loss on the domain's query pairs,
-  mean −log σ(β_o (h_θ(y_w) − h_θ(y_l))), with the reference log-probs precomputed in the batch.
+  mean −log σ(β_o (h_θ(y_w) − h_θ(y_l))) (`metapl.losses.preference.dpo_loss`), with the reference log-probs
+  precomputed in the batch.
 * `onpolicy_inner_grad(θ, φ, batch)`: k samples per prompt from the current policy (drawn under
   `stop_gradient`), the KL-shaped reward r_φ(x, y) − β·h_θ(x, y) and a leave-one-out baseline A; the update
   direction is the REINFORCE estimate −mean(A ∇_θ log π_θ(y|x)), given to the bilevel problem as its inner
@@ -28,11 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from metapl.losses.policy_gradient import leave_one_out_advantages
-from metapl.losses.preference import bradley_terry_loss
+from metapl.losses.preference import bradley_terry_loss, dpo_loss, implicit_margin, pair_logprobs
 from metapl.models import SamplingConfig, generate_traced
-from metapl.models import reward as reward_model
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
+from metapl.models.policy import Policy, RewardModel
 
 Params = Any
 
@@ -40,8 +41,8 @@ Params = Any
 def policy_logprobs(theta: Params, base: Params | None, config: ModelConfig, tokens: jax.Array,
                     attention_mask: jax.Array, response_mask: jax.Array) -> jax.Array:
     """Summed response log-probs [B] of tokens [B, T]: θ are LoRA adapters over `base`, or full params if base is
-    None."""
-    params, lora = (theta, None) if base is None else (base, theta)
+    None (`metapl.models.Policy` of `config`)."""
+    params, lora = Policy(config).weights(theta, base)
     return sequence_logprobs(params, config, tokens, response_mask, attention_mask=attention_mask, lora=lora)[1]
 
 
@@ -87,7 +88,7 @@ def onpolicy_inner_grad(theta: Params, phi: Params, batch: dict, *, config: Mode
     sg = jax.lax.stop_gradient
     tokens = jnp.repeat(batch["prompt_tokens"], samples, axis=0)
     mask = jnp.repeat(batch["prompt_mask"], samples, axis=0)
-    params, lora = (theta, None) if base is None else (base, theta)
+    params, lora = Policy(config).weights(theta, base)
     out = generate_traced(sg(params), config, tokens, mask, batch["key"],
                           SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, stop_token_ids=(eos_id,)),
                           pad_id=pad_id, lora=None if lora is None else sg(lora))
@@ -106,29 +107,28 @@ def onpolicy_inner_grad(theta: Params, phi: Params, batch: dict, *, config: Mode
 
 def agreement_outer_loss(theta: Params, _unused: Any, batch: dict, *, config: ModelConfig, base: Params | None,
                          beta_out: float) -> tuple[jax.Array, dict]:
-    """DPO-style agreement of the adapted policy with preference pairs.
+    """The adapted policy's DPO loss at temperature β_o on preference pairs (`losses.preference.dpo_loss`).
 
     batch: chosen_/rejected_ tokens, attention_mask, response_mask [Q, T]; ref_chosen_logps, ref_rejected_logps [Q].
+    metrics: outer_loss, query_accuracy (the share of pairs with h_θ(y_w) > h_θ(y_l)), implicit_margin (the mean
+    h_θ(y_w) − h_θ(y_l), unscaled).
     """
-    lp_w = policy_logprobs(theta, base, config, batch["chosen_tokens"], batch["chosen_attention_mask"],
-                           batch["chosen_response_mask"])
-    lp_l = policy_logprobs(theta, base, config, batch["rejected_tokens"], batch["rejected_attention_mask"],
-                           batch["rejected_response_mask"])
-    margin = (lp_w - batch["ref_chosen_logps"]) - (lp_l - batch["ref_rejected_logps"])
-    loss = jnp.mean(jax.nn.softplus(-beta_out * margin))
-    return loss, {"outer_loss": loss, "query_accuracy": jnp.mean(margin > 0), "implicit_margin": jnp.mean(margin)}
+    params, lora = Policy(config).weights(theta, base)
+    chosen, rejected = pair_logprobs(params, config, batch, lora=lora)
+    ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta_out)
+    margin = implicit_margin(chosen, rejected, ref_chosen, ref_rejected)
+    return loss, {"outer_loss": loss, "query_accuracy": metrics["accuracy"], "implicit_margin": jnp.mean(margin)}
 
 
 RewardFn = Callable[[Params, jax.Array, jax.Array], jax.Array]  # (φ, tokens [B, T], attention_mask [B, T]) -> [B]
 
 
 def reward_function(config: ModelConfig, frozen: Params | None = None) -> RewardFn:
-    """r_φ as a function of φ: with `frozen` None, φ is a whole reward model (`init_head_params`); else φ is
-    {"lora": adapters, "head": scalar head} over the frozen backbone `frozen` (a head-model tree)."""
-    if frozen is None:
-        return lambda phi, tokens, mask: reward_model(phi, config, tokens, mask)
-    return lambda phi, tokens, mask: reward_model(dict(frozen, head=phi["head"]), config, tokens, mask,
-                                                  lora=phi["lora"])
+    """r_φ as a function of φ (`metapl.models.RewardModel`): with `frozen` None, φ is a whole reward model
+    (`init_head_params`); else φ is {"lora": adapters, "head": scalar head} over the frozen head model `frozen`."""
+    score = RewardModel(config).score
+    return lambda phi, tokens, mask: score(phi, frozen, tokens, mask)
 
 
 def sample_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> jax.Array:

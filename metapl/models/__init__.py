@@ -9,6 +9,7 @@ Public surface:
   log-probs   logprob_of, token_logprobs, sequence_logprobs, hidden_logprobs
   sampling    SamplingConfig, generate, generate_text, encode_prompts
   checkpoints load_pretrained, save_hf_directory, load_hf_directory, load_gguf
+  runs        ModelSpec, build_model (a run's model); Policy, RewardModel (what trains, what stays frozen)
 """
 
 from metapl.models.config import LoraConfig, ModelConfig, RopeScaling, gpt2, llama, qwen2, tiny
@@ -23,10 +24,12 @@ from metapl.models.hf_format import (
 )
 from metapl.models.logprobs import hidden_logprobs, logprob_of, sequence_logprobs, token_logprobs
 from metapl.models.lora import init_lora, merge_lora
+from metapl.models.policy import Policy, RewardModel
 from metapl.models.pretrained import ModelNotFoundError, Pretrained, load_pretrained, resolve_model
 from metapl.models.sampling import (
     GenerationOutput, SamplingConfig, encode_prompts, generate, generate_text, generate_traced,
 )
+from metapl.models.spec import ModelSpec, build_model
 from metapl.models.transformer import (
     apply,
     default_positions,
@@ -37,12 +40,11 @@ from metapl.models.transformer import (
     unstack_layers,
 )
 
-__all__ = [
-    "CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
-    "Pretrained", "RopeScaling", "SamplingConfig", "UnsupportedConfigError", "apply", "cached_forward",
-    "decoding_weights", "default_positions", "encode_prompts", "generate", "generate_text", "generate_traced", "gpt2",
-    "hidden_logprobs", "hidden_states", "init_cache", "init_head_params", "init_lora", "init_params",
-    "last_token_index", "llama", "load_gguf", "load_hf_directory", "load_pretrained", "logits_from_hidden",
-    "logprob_of", "merge_lora", "next_token_logits", "qwen2", "resolve_model", "reward", "save_hf_directory",
-    "sequence_logprobs", "tiny", "token_logprobs", "unembedding", "unstack_layers", "values",
-]
+__all__ = ["CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
+           "ModelSpec", "Policy", "Pretrained", "RewardModel", "RopeScaling", "SamplingConfig",
+           "UnsupportedConfigError", "apply", "build_model", "cached_forward", "decoding_weights", "default_positions",
+           "encode_prompts", "generate", "generate_text", "generate_traced", "gpt2", "hidden_logprobs", "hidden_states",
+           "init_cache", "init_head_params", "init_lora", "init_params", "last_token_index", "llama", "load_gguf",
+           "load_hf_directory", "load_pretrained", "logits_from_hidden", "logprob_of", "merge_lora",
+           "next_token_logits", "qwen2", "resolve_model", "reward", "save_hf_directory", "sequence_logprobs", "tiny",
+           "token_logprobs", "unembedding", "unstack_layers", "values"]

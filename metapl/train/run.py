@@ -1,99 +1,29 @@
-"""Training runs: a config, a run directory, the loop, checkpoints, metrics, and resume.
+"""Training runs: a run directory, the loop, checkpoints, metrics, and resume.
 
-A run directory holds `config.yaml` (the full resolved config), `metrics.jsonl` (one JSON object per logged
-step or evaluation), TensorBoard event files under `tb/`, and orbax checkpoints under `checkpoints/` with the
-train state (params, optimiser state, RNG, counters) and the data iterator's position, so `resume` continues
-exactly where the run stopped.
+A run directory holds `config.yaml` (the fully resolved config: every field, defaults included), `setup.json`
+(what the algorithm set up), `metrics.jsonl` (one JSON object per logged step or evaluation), TensorBoard event
+files under `tb/`, and orbax checkpoints under `checkpoints/` with the train state (params, optimiser state, RNG,
+counters) and the data iterator's position, so `resume` continues exactly where the run stopped.
 
-Algorithms are registered in `metapl.train.algorithms`; each turns a `RunConfig` into the trainable params,
-the frozen params, an objective, a data iterator and an evaluation function.
+The loop runs any `Setup` (`metapl.train.spec`): trainable and frozen params, an objective, a data iterator and
+an evaluation function. Algorithms register with `metapl.train.spec.register`; `metapl.algorithms` holds them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from metapl.config import ConfigError, from_dict, load_config, save_config, to_dict
-from metapl.data.synthetic import SyntheticConfig
-from metapl.parallel import MeshConfig
-from metapl.train.step import OptimConfig, TrainState, init_state, make_optimizer, make_train_step
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """The policy / reward backbone: a pretrained model (`pretrained`) or a small random one (the other sizes)."""
-
-    pretrained: str | None = None
-    hidden_size: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 64
-    lora_rank: int = 0  # 0: train all weights; > 0: train LoRA adapters only (the reference is the base)
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q", "v")
-    dtype: str = "float32"
-    remat: str = "dots"  # what the backward keeps per layer: "dots", "full" or "none" (see ModelConfig.remat)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """Where pairs and prompts come from, and how they are cut into batches."""
-
-    benchmark: str = "synthetic_domains"  # or "sentiment_domains" (built with `metapl data build`)
-    data_dir: str | None = None
-    synthetic: SyntheticConfig = SyntheticConfig()
-    batch_size: int = 8
-    max_prompt_tokens: int = 16
-    max_response_tokens: int = 16
-    eval_fraction: float = 0.25  # of each training domain's pairs, held out for evaluation
-    eval_prompts: int = 64
-    tree_prompts: int = 64  # tree-rm: prompts (over the training domains) to grow preference trees from
-    tree: dict = dataclasses.field(default_factory=dict)  # tree-rm: metapl.data.trees.TreeConfig fields
-    sample_prompts: int = 64  # offline methods: prompts (over the training domains) to sample from
-    samples_per_prompt: int = 4  # offline methods: responses sampled per prompt from the reference policy
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    algo: str = "dpo"
-    model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
-    optim: OptimConfig = OptimConfig(learning_rate=1e-3)
-    loss: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the algorithm's objective
-    precompute_reference: bool = False  # dpo/ipo: reference log-probs of every training pair computed once
-    offline: dict = dataclasses.field(default_factory=dict)  # mle-filter/rwr/dt options (see algorithms.py)
-    ppo: dict = dataclasses.field(default_factory=dict)  # ppo rollout options (see algorithms.PPO_DEFAULTS)
-    meta: dict = dataclasses.field(default_factory=dict)  # meta: MetaConfig, EpisodeConfig and sample options
-    mesh: MeshConfig = MeshConfig()  # devices: data x fsdp x tensor (all 1: one device)
-    steps: int = 200
-    accumulation_steps: int = 1
-    log_every: int = 10
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class Setup:
-    """What an algorithm provides to the loop."""
-
-    trainable: Any
-    frozen: Any
-    objective: Callable  # (trainable, frozen, batch) -> (loss, metrics)
-    batches: Any  # iterator of dict batches with state_dict() / load_state_dict()
-    evaluate: Callable[[Any, Any], dict]  # (trainable, frozen) -> metrics
-    describe: str = ""
-    info: dict = dataclasses.field(default_factory=dict)  # facts about the data, written to setup.json
+from metapl.config import ConfigError, apply_overrides, read_mapping, save_config, to_dict
+from metapl.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from metapl.train.spec import RunConfig, Setup, algorithm, load_run_config, run_config_from_dict, upgrade_saved
+from metapl.train.step import init_state, make_optimizer, make_train_step
 
 
 class RunError(RuntimeError):
@@ -139,38 +69,28 @@ class MetricsWriter:
             self.tb.close()
 
 
-def _checkpointer(run_dir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(run_dir.resolve() / "checkpoints",
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
-
-
-def _save(manager, step: int, state: TrainState, data_state: dict) -> None:
-    import orbax.checkpoint as ocp
-
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_state)), force=True)
-    manager.wait_until_finished()
-
-
-def _restore(manager, step: int, like: TrainState) -> tuple[TrainState, dict]:
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        data=ocp.args.JsonRestore()))
-    return TrainState(*out["state"]), out["data"]
+def read_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The config a run directory stored (upgraded if an earlier metapl wrote it), plus dotted overrides."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    data = upgrade_saved(read_mapping(saved))
+    try:
+        return run_config_from_dict(apply_overrides(data, list(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"{saved}: {e}") from None
 
 
 def prepare_run_dir(run_dir: Path, config_file: str | None, overrides: list[str], resume: bool) -> RunConfig:
-    """The run's config: from the file + overrides (new run), or the saved one (+ overrides) on resume."""
+    """The run's config: from the file + overrides (new run), or the saved one (+ overrides) on resume. The
+    directory's config.yaml is (re)written fully resolved."""
+    run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
-        cfg = load_config(RunConfig, saved, overrides)
-        before = to_dict(load_config(RunConfig, saved))
+        cfg = read_run_config(run_dir, overrides)
+        before = to_dict(read_run_config(run_dir))
         changed = sorted(k for k, v in to_dict(cfg).items() if k not in ("steps", "mesh") and v != before[k])
         if changed:
             raise ConfigError(f"--resume may only change `steps` and `mesh`; these differ from the saved run: "
@@ -179,18 +99,19 @@ def prepare_run_dir(run_dir: Path, config_file: str | None, overrides: list[str]
         return cfg
     if saved.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    cfg = load_config(RunConfig, config_file, overrides)
+    cfg = load_run_config(config_file, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     return cfg
 
 
-def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) training; returns the final evaluation metrics."""
-    from metapl.train.algorithms import setup_algorithm
-
+def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True,
+          setup: Setup | None = None) -> dict:
+    """Run (or resume) training; returns the final evaluation metrics. `setup`: what to train (default: the
+    registered algorithm `cfg.algo` set up from `cfg`)."""
     run_dir = Path(run_dir)
-    setup = setup_algorithm(cfg)
+    if setup is None:
+        setup = algorithm(cfg.algo).setup(cfg)
     _log(f"{cfg.algo}: {setup.describe}")
     (run_dir / "setup.json").write_text(json.dumps({"describe": setup.describe, **setup.info}, indent=1))
     optimizer = make_optimizer(cfg.optim)
@@ -203,9 +124,9 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
 
         step_fn, state, frozen = shard_step(step_fn, state, frozen, make_mesh(cfg.mesh))
         _log(f"mesh: {cfg.mesh} ({cfg.mesh.size} of {jax.device_count()} devices)")
-    manager = _checkpointer(run_dir)
+    manager = checkpoint_manager(run_dir)
     if resume and manager.latest_step() is not None:
-        state, data_state = _restore(manager, manager.latest_step(), state)  # onto `state`'s shardings
+        state, data_state = restore_checkpoint(manager, manager.latest_step(), state)  # onto `state`'s shardings
         setup.batches.load_state_dict(data_state)
         _log(f"resumed from step {int(state.step)}")
     writer = MetricsWriter(run_dir)
@@ -221,6 +142,10 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
             state, metrics = step_fn(state, frozen, next(setup.batches))
             if sharded:  # queued steps with collectives can deadlock simulated CPU devices
                 jax.block_until_ready(state)
+            if "solver_breakdown" in metrics and float(metrics["solver_breakdown"]) > 0:
+                _log(f"warning: step {step}: the implicit hypergradient's linear solve broke down (non-positive "
+                     f"curvature or a growing residual) after {int(metrics.get('solver_iterations', -1))} "
+                     "iterations; its meta-gradient is unreliable (raise meta.damping or meta.prox)")
             if int(state.nonfinite_run) >= cfg.optim.max_nonfinite_steps:
                 raise RunError(f"{cfg.optim.max_nonfinite_steps} consecutive non-finite steps at step {step}; "
                                f"stopping (the last checkpoint, step {manager.latest_step()}, is kept)")
@@ -233,7 +158,7 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
                 last = setup.evaluate(state.params, frozen)
                 writer.write(step, last, "eval")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save(manager, step, state, setup.batches.state_dict())
+                save_checkpoint(manager, step, state, setup.batches.state_dict())
     finally:
         writer.close()
     if not last:
@@ -261,5 +186,4 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-__all__ = ["DataSpec", "ModelSpec", "RunConfig", "RunError", "Setup", "from_dict", "prepare_run_dir",
-           "read_metrics", "train"]
+__all__ = ["MetricsWriter", "RunError", "prepare_run_dir", "read_metrics", "read_run_config", "train"]

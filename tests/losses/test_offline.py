@@ -1,5 +1,5 @@
-"""Offline RLHF (filtered MLE, RWR, reward-conditioned SFT): float64 numpy references, extremes, builders,
-finite-difference gradients of the model objective."""
+"""Offline RLHF losses (filtered MLE, RWR, reward-conditioned SFT): float64 numpy references, extremes,
+finite-difference gradients of the model objective. The batch builders are tested in tests/data."""
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +9,9 @@ import pytest
 from metapl.data.batching import SequenceShape
 from metapl.data.sample_sets import best_of_n, filter_by_zscore
 from metapl.data.schemas import ScoredSample
+from metapl.data.sft_arrays import sample_arrays
 from metapl.data.synthetic import WordTokenizer
-from metapl.losses.offline import (
-    DEFAULT_REWARD_TEMPLATE, filter_weights, nll_loss, normal_bin_edges, parse_reward_prompt,
-    render_reward_prompt, reward_bin, reward_conditioned_arrays, reward_token, rwr_weights, sample_arrays,
-    sft_objective,
-)
+from metapl.losses.offline import filter_weights, nll_loss, rwr_weights, sft_objective
 from metapl.models import init_params, tiny, token_logprobs
 from tests.finite_diff import directional_error, x64
 
@@ -173,66 +170,6 @@ def test_rwr_weights_edge_cases_and_extremes(rng):
     assert float(rwr_weights(big, 1e-2, "none")[2]) == pytest.approx(1.0)  # the best takes everything
     g = jax.grad(lambda x: rwr_weights(x, 0.5)[0])(jnp.full(3, 2.0))  # equal rewards: no NaN gradient
     assert np.all(np.isfinite(g))
-
-
-# -------------------------------------------------------------------------------------- reward conditioning
-
-
-def test_reward_bins_tokens_and_templates():
-    np.testing.assert_allclose(normal_bin_edges(4), [-0.6744897501960817, 0.0, 0.6744897501960817], rtol=1e-12)
-    assert [reward_bin(z) for z in (-3.0, -0.5, 0.0, 0.2, 0.7, 9.0)] == [0, 1, 2, 2, 3, 3]
-    assert reward_bin(0.5, [-1.0, 1.0]) == 1 and reward_bin(1.0, [-1.0, 1.0]) == 2
-    assert reward_token(1.5) == "<|reward_3|>"
-    assert reward_token(-2.0, 5, token="Score: {bin}/{top}") == "Score: 0/4"
-    assert render_reward_prompt("Tell me.", 3) == "Tell me. <|reward_3|>"
-    assert render_reward_prompt("Tell me.", -0.1) == "Tell me. <|reward_1|>"  # a float is a z-score
-    assert render_reward_prompt("Tell me.", np.int64(2)) == "Tell me. <|reward_2|>"
-    for template in (DEFAULT_REWARD_TEMPLATE, "Score: {bin}/{top}\n{prompt}", "[{bin}] {prompt} [{bin}]"):
-        for b in range(6):
-            text = render_reward_prompt("a {weird}\nprompt 3", b, template, bins=6)
-            assert parse_reward_prompt(text, template, bins=6) == ("a {weird}\nprompt 3", b)
-    with pytest.raises(ValueError):
-        parse_reward_prompt("no token here", DEFAULT_REWARD_TEMPLATE)
-    with pytest.raises(ValueError):
-        parse_reward_prompt("x <|reward_4|>", DEFAULT_REWARD_TEMPLATE)  # 4 bins: 0..3
-    with pytest.raises(ValueError):
-        render_reward_prompt("x", 4)
-    with pytest.raises(ValueError):
-        reward_bin(float("nan"))
-    with pytest.raises(ValueError):
-        reward_bin(0.0, [1.0, 0.0])
-
-
-def _byte_encode(text):
-    return list(text.encode("utf-8"))
-
-
-def test_reward_conditioned_arrays_render_quantised_zscores(rng):
-    rewards = [1.0, 2.0, 3.0, 10.0, 5.0, 5.0, 0.0]
-    prompts = ["Say hi.", "Say hi.", "Say hi.", "Say hi.", "Wave.", "Wave.", "Alone."]
-    samples = [ScoredSample(p, f"r{i}", r, "d", "pi") for i, (p, r) in enumerate(zip(prompts, rewards))]
-    shape = SequenceShape(max_prompt_tokens=32, max_response_tokens=8, buckets=(64,))
-    eos = 256
-    out = reward_conditioned_arrays(samples, _byte_encode, shape, eos_id=eos, pad_id=0)
-    # z within "Say hi.": rewards 1, 2, 3, 10 -> mean 4, std sqrt(12.5)
-    z = (np.asarray([1, 2, 3, 10]) - 4) / np.sqrt(12.5)
-    edges = normal_bin_edges(4)
-    want_bins = [int(np.searchsorted(edges, v, side="right")) for v in z] + [2, 2, 2]  # equal / single -> z=0
-    assert out["reward_bin"].tolist() == want_bins
-    assert out["prompt_ids"].tolist() == [0, 0, 0, 0, 1, 1, 2]
-    for i, s in enumerate(samples):
-        ctx = f"{s.prompt} <|reward_{want_bins[i]}|>"
-        ids = _byte_encode(ctx) + _byte_encode(s.response) + [eos]
-        np.testing.assert_array_equal(out["tokens"][i, : len(ids)], ids)
-        assert out["attention_mask"][i].sum() == len(ids)
-        assert out["response_mask"][i].tolist() == [False] * len(_byte_encode(ctx)) + [True] * (
-            len(ids) - len(_byte_encode(ctx))) + [False] * (64 - len(ids))
-        # the token survives truncation of a long prompt (it sits at the end of the prompt)
-    long = [ScoredSample("x" * 100, "y", 1.0, "d", "pi"), ScoredSample("x" * 100, "z", 0.0, "d", "pi")]
-    cut = reward_conditioned_arrays(long, _byte_encode, shape, eos_id=eos)
-    assert bytes(cut["tokens"][0, :32].astype(np.uint8)).decode().endswith("<|reward_3|>")
-    again = reward_conditioned_arrays(samples, _byte_encode, shape, eos_id=eos, pad_id=0)
-    assert all(np.array_equal(out[k], again[k]) for k in out)  # deterministic
 
 
 # ---------------------------------------------------------------------------------------- model objective

@@ -15,13 +15,11 @@ WORKER = Path(__file__).with_name("two_process_worker.py")
 
 def one_step_setup():
     """(un-jitted DPO step, state, frozen, first batch) of a tiny synthetic run, identical in every process."""
-    from metapl.config import load_config
+    from metapl.runs import load_run_config, setup as setup_algorithm
     from metapl.train import init_state, make_optimizer, make_train_step
-    from metapl.train.algorithms import setup_algorithm
-    from metapl.train.run import RunConfig
     from tests.parallel.test_sharded_steps import COMMON
 
-    cfg = load_config(RunConfig, None, ["algo=dpo", *COMMON])
+    cfg = load_run_config(None, ["algo=dpo", *COMMON])
     setup = setup_algorithm(cfg)
     optimizer = make_optimizer(cfg.optim)
     state = init_state(setup.trainable, optimizer, jax.random.PRNGKey(cfg.seed))

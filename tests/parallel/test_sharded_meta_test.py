@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from metapl.config import ConfigError
-from metapl.meta.evaluate import MetaTestConfig, meta_test
+from metapl.runs import MetaTestConfig, meta_test
 from metapl.parallel import MeshConfig
-from metapl.train.run import prepare_run_dir, train
+from metapl.runs import prepare_run_dir, train
 from tests.meta.test_meta_run import TINY
 
 

@@ -1,7 +1,9 @@
-"""The meta-gradient with the episode's domains split over the data axis (`meta_gradient_over_shards`) equals the
-one-device `meta_gradient`, for the projected and the on-policy inner solver. The on-policy solver samples inside
-its inner loop: each domain must draw the samples it draws on one device. Float64, the tiny LoRA policy and reward
-head of tests/meta/test_metagrad.py, simulated CPU devices (tests/conftest.py)."""
+"""The meta-gradient with the episode's domains split over the data axis (`meta_gradient_over_shards`, the
+`jax.value_and_grad` of `meta_objective_over_shards`) equals the one-device `meta_gradient`, for the projected and
+the on-policy inner solver, and for the implicit method (its linear solves inside shard_map, their report maxima
+over all domains). The on-policy solver samples inside its inner loop: each domain must draw the samples it draws
+on one device. Float64, the tiny LoRA policy and reward head of tests/meta/test_metagrad.py, simulated CPU devices
+(tests/conftest.py)."""
 
 import functools
 
@@ -16,6 +18,8 @@ from tests.meta.test_metagrad import ONPOLICY, setup, with_prompts
 
 SOLVERS = {
     "projected": MetaConfig(beta=0.5, beta_out=1.0, inner_steps=2, inner_lr=0.5),
+    "projected-implicit": MetaConfig(beta=0.5, beta_out=1.0, inner_steps=2, inner_lr=0.5, method="implicit",
+                                     prox=5.0, bt_weight=0.3),
     "onpolicy": MetaConfig(beta=0.5, beta_out=1.0, inner_steps=2, inner_lr=0.5, inner_solver="onpolicy",
                            onpolicy_samples=2),
 }
@@ -42,6 +46,11 @@ def test_meta_gradient_over_shards_equals_one_device(solver):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14, err_msg=jax.tree_util.keystr(path))
         for name in ("query_accuracy", "inner_loss_first", "inner_loss_last", "implicit_margin", "hypergrad_norm"):
             np.testing.assert_allclose(got_metrics[name], metrics[name], rtol=1e-10, err_msg=name)
+        assert set(got_metrics) == set(metrics)
+        if cfg.method == "implicit":  # maxima over all domains
+            for name in ("solver_breakdown", "solver_iterations", "solver_residual", "inner_grad_norm"):
+                np.testing.assert_allclose(got_metrics[name], metrics[name], rtol=1e-6, err_msg=name)
+            assert float(got_metrics["solver_iterations"]) >= 1 and float(got_metrics["solver_breakdown"]) == 0.0
 
         if solver == "onpolicy":  # the draw matters: another key gives another meta-gradient
             other = jax.block_until_ready(sharded(*args, key=jax.random.PRNGKey(4)))[1]

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 from metapl.cli import main
-from metapl.train.run import _checkpointer, read_metrics
+from metapl.runs import read_metrics
+from metapl.train.checkpoints import checkpoint_manager
 
 TINY = ["data.synthetic.num_domains=12", "data.synthetic.num_heldout=4", "data.synthetic.pairs_per_domain=16",
         "model.hidden_size=32", "model.num_layers=1", "data.batch_size=8", "optim.learning_rate=1e-2",
@@ -27,7 +28,7 @@ def test_cli_run_on_a_mesh_resumes_onto_another_mesh(tmp_path, capsys):
     b = {r["step"]: r["loss"] for r in read_metrics(plain, "train")}
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], rtol=1e-4)
-    restore = lambda d: _checkpointer(d).restore(6)["state"]  # noqa: E731
+    restore = lambda d: checkpoint_manager(d).restore(6)["state"]  # noqa: E731
     for x, y in zip(jax.tree.leaves(restore(sharded)), jax.tree.leaves(restore(plain))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 

@@ -12,11 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from metapl.config import load_config
 from metapl.parallel import MeshConfig, make_mesh, param_spec, shard_step
 from metapl.train import init_state, make_optimizer, make_train_step
-from metapl.train.algorithms import setup_algorithm
-from metapl.train.run import RunConfig
+from metapl.runs import load_run_config, setup as setup_algorithm
 
 STEPS = 3
 COMMON = ["data.synthetic.num_domains=12", "data.synthetic.num_heldout=4", "data.synthetic.pairs_per_domain=16",
@@ -36,7 +34,7 @@ ALGOS = {
 SAMPLED = ["data.sample_prompts=8", "data.samples_per_prompt=2", "data.max_response_tokens=6"]
 OTHERS = {  # each on data x fsdp
     "ipo": [],
-    "tree-rm": ["data.tree_prompts=8", "data.max_response_tokens=6", "data.tree.pairs_per_tree=2"],
+    "tree-rm": ["data.tree_prompts=8", "data.max_response_tokens=6", "tree.pairs_per_tree=2"],
     "mle-filter": SAMPLED + ["data.batch_size=4"],
     "rwr": SAMPLED,
     "dt": SAMPLED,
@@ -87,7 +85,7 @@ def reference(algo):
     """(config, params, losses) of the one-device run, once per algorithm."""
     if algo not in _references:
         overrides = ALGOS.get(algo, OTHERS.get(algo))
-        cfg = load_config(RunConfig, None, [f"algo={algo.removesuffix('-onpolicy')}", *COMMON, *overrides])
+        cfg = load_run_config(None, [f"algo={algo.removesuffix('-onpolicy')}", *COMMON, *overrides])
         state, losses = run_steps(cfg)
         _references[algo] = cfg, jax.device_get(state.params), losses
     return _references[algo]

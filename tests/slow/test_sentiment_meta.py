@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metapl.cli import main
-from metapl.train.run import read_metrics
+from metapl.runs import read_metrics
 from tests.slow.conftest import META_CHAIN, SENTIMENT_BUILD
 
 pytestmark = META_CHAIN

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from metapl.cli import main
-from metapl.train.run import read_metrics
+from metapl.runs import read_metrics
 from tests.slow.conftest import TRAINING_CHAIN
 
 # Beside the meta chain on the other worker RLOO took 736 s (602 s alone), after 164 s setting up the shared build;

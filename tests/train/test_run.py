@@ -8,7 +8,8 @@ import pytest
 
 from metapl.cli import main
 from metapl.config import ConfigError
-from metapl.train.run import _checkpointer, prepare_run_dir, read_metrics, train
+from metapl.runs import prepare_run_dir, read_metrics, train
+from metapl.train.checkpoints import checkpoint_manager
 
 SMALL = ["data.synthetic.num_domains=30", "data.synthetic.num_heldout=20", "log_every=10"]
 
@@ -42,7 +43,7 @@ def test_resume_continues_exactly(tmp_path):
     a, b = read_metrics(straight, "train"), read_metrics(resumed, "train")
     assert [r["step"] for r in b] == [10, 20]
     assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-6)
-    restore = lambda d: _checkpointer(d).restore(20)["state"]  # noqa: E731
+    restore = lambda d: checkpoint_manager(d).restore(20)["state"]  # noqa: E731
     for x, y in zip(jax.tree.leaves(restore(straight)), jax.tree.leaves(restore(resumed))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
@@ -59,7 +60,7 @@ def test_run_directory_rules(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["train", "nope"], "unknown algorithm 'nope'"),
-    (["train", "dpo", "loss.temperature=2"], "loss: unknown option(s) ['temperature'] for dpo_objective"),
+    (["train", "dpo", "loss.temperature=2"], "unknown key(s) loss.temperature; DPOLoss has beta, label_smoothing"),
     (["train", "dpo", "optim.learning_rate=fast"], "optim.learning_rate: expected a number, got 'fast'"),
     (["train", "dpo", "model.widht=3"], "unknown key(s) model.widht"),
     (["train", "dpo", "--config", "missing.yaml"], "missing.yaml: no such config file"),
@@ -78,7 +79,7 @@ def test_cli_train_writes_a_run_directory(tmp_path, capsys):
     assert out["step"] == 4 and "gold_reward" in out["eval"]
     assert (run / "config.yaml").is_file() and list((run / "tb").iterdir())
     assert [r["step"] for r in read_metrics(run, "eval")] == [0, 4]
-    assert _checkpointer(run).latest_step() == 4
+    assert checkpoint_manager(run).latest_step() == 4
 
 
 def test_tree_reward_model_trains_on_grown_trees(tmp_path):

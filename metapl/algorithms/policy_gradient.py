@@ -1,0 +1,234 @@
+"""KL-regularised policy optimisation with on-policy samples: `rloo` (REINFORCE with a leave-one-out baseline and
+a KL penalty) and `ppo` (KL-shaped token rewards, GAE, clipped policy and value losses, a value head on the
+policy's backbone, optionally the adaptive KL controller). Both are rewarded by the benchmark's gold judge (a
+reward model plugs in at the same place) and regularised towards the reference: the initial weights, or the
+LoRA base."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+from metapl.algorithms.common import per_domain_prompts, placed_on_run_mesh, policy_gold_reward
+from metapl.data.batching import SequenceShape, ShuffledBatches, TruncationStats, prompt_arrays
+from metapl.data.benchmarks import Benchmark
+from metapl.keys import stream_key
+from metapl.losses.policy_gradient import (
+    adaptive_kl_update,
+    gae,
+    kl_penalty,
+    policy_and_values,
+    ppo_objective,
+    rloo_objective,
+    token_rewards,
+)
+from metapl.models import SamplingConfig, generate, init_head_params
+from metapl.models.logprobs import token_logprobs
+from metapl.models.policy import Policy
+from metapl.parallel import run_mesh
+from metapl.train.spec import Algorithm, RunConfig, Setup, build_model_and_benchmark, register
+
+Weights = Callable[[Any, Any], tuple[Any, Any]]  # (trainable, frozen) -> (params, lora) of the current policy
+
+
+class Rollouts:
+    """On-policy batches: each step samples k responses for each of `batch_size` prompts from the current policy
+    (the loop hands it the latest trainable params), scores them with the gold judge and adds the reference
+    log-probs. Its position (prompt order) is checkpointed; step t samples with key fold_in(rollout key, t)."""
+
+    def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, policy: Policy, frozen, weights: Weights, k: int):
+        self.prompts, self.bench, self.cfg, self.policy, self.frozen, self.weights, self.k = \
+            prompts, bench, cfg, policy, frozen, weights, k
+        self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
+        self.params = None
+        self.mesh = run_mesh(cfg.mesh)  # sample sharded when the run is
+        base = policy.base_config
+        self._ref = jax.jit(lambda p, b: token_logprobs(p, base, b["tokens"], attention_mask=b["attention_mask"]))
+
+    def set_params(self, trainable) -> None:
+        self.params = trainable
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        step = self.order.step
+        chosen = [self.prompts[i] for i in next(self.order) for _ in range(self.k)]
+        data = self.cfg.data
+        shape = SequenceShape(data.max_prompt_tokens, data.max_response_tokens)
+        tokens, mask = prompt_arrays(chosen, self.bench.encode, shape, self.bench.pad_id, TruncationStats(),
+                                     length=data.max_prompt_tokens)
+        p, lora = self.weights(self.params, self.frozen)
+        out = generate(p, self.policy.config, tokens, mask,
+                       jax.random.fold_in(stream_key(self.cfg.seed, "rollouts"), step),
+                       SamplingConfig(max_new_tokens=data.max_response_tokens, temperature=1.0,
+                                      stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora,
+                       mesh=self.mesh)
+        rewards = self.bench.gold_scores(chosen, out.tokens, out.mask)
+        batch = dict(out.sequences(), rewards=jnp.asarray(rewards, jnp.float32))
+        batch["ref_logps"] = self._ref(self.frozen, batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------------------ RLOO
+
+@dataclasses.dataclass(frozen=True)
+class RLOOLoss:
+    """k: samples per prompt; beta: KL weight β; estimator: the KL estimator, "k1" (log-ratio) or "k3"."""
+
+    k: int = 4
+    beta: float = 0.05
+    estimator: Literal["k1", "k3"] = "k1"
+
+    def __post_init__(self):
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 (a leave-one-out baseline needs another sample), got {self.k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLOORun(RunConfig):
+    """`rloo` on `data.sample_prompts` prompts of the training domains, `data.batch_size` prompts per step."""
+
+    algo: str = "rloo"
+    loss: RLOOLoss = RLOOLoss()
+
+
+def setup_rloo(cfg: RLOORun) -> Setup:
+    config, params, bench = build_model_and_benchmark(cfg)
+    policy = Policy(config)
+    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
+
+    def objective(t, f, batch):
+        p, lora = policy.weights(t, f)
+        return rloo_objective(p, batch, config=config, lora=lora, **dataclasses.asdict(cfg.loss))
+
+    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.sample_prompts))
+    gold = policy_gold_reward(policy, bench, cfg)
+    frozen = placed_on_run_mesh(frozen, cfg)
+    return Setup(trainable, frozen, objective, Rollouts(prompts, bench, cfg, policy, frozen, policy.weights,
+                                                        cfg.loss.k),
+                 lambda t, f: {"gold_reward": gold(t, f)},
+                 f"rloo: {len(prompts)} prompts, {cfg.loss.k} samples each per step, "
+                 f"{cfg.data.batch_size} prompts per step")
+
+
+# ------------------------------------------------------------------------------------------------------- PPO
+
+@dataclasses.dataclass(frozen=True)
+class PPOLoss:
+    """clip: the policy ratio's clip range; value_clip: the value update's; value_coef: the value loss weight."""
+
+    clip: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOOptions:
+    """Rollout options: beta (the KL weight of the token rewards, adapted when kl_target is set), gamma and lam
+    (GAE), epochs (training steps per rollout), kl_target and kl_horizon (the adaptive KL controller)."""
+
+    beta: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    epochs: int = 2
+    kl_target: float | None = None
+    kl_horizon: float = 10000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PPORun(RunConfig):
+    """`ppo`: one sample per prompt, `data.batch_size` prompts per rollout."""
+
+    algo: str = "ppo"
+    loss: PPOLoss = PPOLoss()
+    ppo: PPOOptions = PPOOptions()
+
+
+class PPORollouts(Rollouts):
+    """Rollouts for PPO: one sample per prompt; old log-probs, values, the KL-shaped token rewards and GAE
+    advantages are fixed at rollout time, and each rollout is trained on for `epochs` steps. With kl_target,
+    β follows the adaptive KL controller (its value is part of the checkpointed position)."""
+
+    def __init__(self, *args, opts: PPOOptions, model_weights: Weights, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.opts, self.model_weights = opts, model_weights
+        self.beta, self.current, self.left = float(opts.beta), None, 0
+        config = self.policy.config
+        self._policy_and_values = jax.jit(
+            lambda p, lora, b: policy_and_values(p, config, b["tokens"], b["attention_mask"], lora=lora))
+
+    def __next__(self) -> dict:
+        if self.left == 0:
+            self.current, self.left = self._rollout(), self.opts.epochs
+        self.left -= 1
+        return self.current
+
+    def _rollout(self) -> dict:
+        batch = super().__next__()  # samples from the current policy, gold rewards, ref log-probs
+        params, lora = self.model_weights(self.params, self.frozen)
+        logp, values = self._policy_and_values(params, lora, batch)
+        kl = kl_penalty(logp, batch["ref_logps"], batch["response_mask"], "k1")
+        rewards_t = token_rewards(batch["rewards"], kl, batch["response_mask"], self.beta)
+        adv, ret = gae(rewards_t, values, batch["response_mask"], gamma=self.opts.gamma, lam=self.opts.lam)
+        if self.opts.kl_target:
+            observed = float(jnp.mean(kl.sum(axis=1)))
+            self.beta = float(adaptive_kl_update(jnp.float32(self.beta), observed, self.cfg.data.batch_size,
+                                                 target=float(self.opts.kl_target), horizon=self.opts.kl_horizon))
+        return {"tokens": batch["tokens"], "attention_mask": batch["attention_mask"],
+                "response_mask": batch["response_mask"], "old_logps": logp, "old_values": values,
+                "advantages": adv, "returns": ret}
+
+    def state_dict(self) -> dict:
+        return {**self.order.state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.beta = float(state.pop("beta", self.beta))
+        self.order.load_state_dict(state)
+        self.left = 0  # a resumed run starts a fresh rollout
+
+
+def setup_ppo(cfg: PPORun) -> Setup:
+    """PPO; the trainable tree is {"lora" (LoRA) or "lm" (all weights): the policy, "value_head": its head}."""
+    config, params, bench = build_model_and_benchmark(cfg)
+    policy = Policy(config)
+    lm, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
+    part = "lora" if policy.uses_lora else "lm"
+    head = init_head_params(config, stream_key(cfg.seed, "value_head"), backbone={})["head"]
+    trainable = {part: lm, "value_head": head}
+
+    def weights(t, f):  # the policy alone: what samples and is evaluated
+        return policy.weights(t[part], f)
+
+    def model_weights(t, f):  # policy + value head, as ppo_objective and policy_and_values take them
+        p, lora = weights(t, f)
+        return {"lm": p, "value_head": t["value_head"]}, lora
+
+    def objective(t, f, batch):
+        p, lora = model_weights(t, f)
+        return ppo_objective(p, batch, config=config, lora=lora, **dataclasses.asdict(cfg.loss))
+
+    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.sample_prompts))
+    gold = policy_gold_reward(policy, bench, cfg)
+    frozen = placed_on_run_mesh(frozen, cfg)
+    rollouts = PPORollouts(prompts, bench, cfg, policy, frozen, weights, 1, opts=cfg.ppo, model_weights=model_weights)
+    return Setup(trainable, frozen, objective, rollouts, lambda t, f: {"gold_reward": gold(t[part], f)},
+                 f"ppo: {len(prompts)} prompts, {cfg.data.batch_size} per rollout, {cfg.ppo.epochs} steps per "
+                 "rollout")
+
+
+register(Algorithm("rloo", RLOORun, setup_rloo, "REINFORCE leave-one-out with a KL penalty, on-policy"))
+register(Algorithm("ppo", PPORun, setup_ppo, "PPO with a value head, KL-shaped rewards and GAE, on-policy"))
+
+__all__ = ["PPOLoss", "PPOOptions", "PPORollouts", "PPORun", "RLOOLoss", "RLOORun", "Rollouts", "setup_ppo",
+           "setup_rloo"]

@@ -1,0 +1,70 @@
+"""meta-test's stages, each alone: restore, solver settings, adapt and sample, judge, summarise, render."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from metapl.meta.evaluate import (
+    MetaTestConfig, adapt_and_sample, judge, render, restore_reward_model, solver_config, summarise,
+)
+from metapl.meta.metagrad import MetaConfig
+from metapl.runs import prepare_run_dir, train
+
+TINY = ["algo=rm", "steps=2", "data.synthetic.num_domains=12", "data.synthetic.num_heldout=6", "model.hidden_size=16",
+        "model.num_layers=1", "data.synthetic.pairs_per_domain=16", "meta.inner_steps=2", "meta.inner_lr=0.05"]
+TEST = MetaTestConfig(prompts=2, eval_prompts=3, samples_per_prompt=2, bootstrap=200, domains_per_batch=2)
+
+
+@pytest.fixture(scope="module")
+def restored(tmp_path_factory):
+    run = tmp_path_factory.mktemp("stages") / "rm"
+    train(run, prepare_run_dir(run, None, TINY, False), progress=False)
+    return restore_reward_model(run)
+
+
+def test_restore_reads_the_run_as_it_ran(restored):
+    assert restored.cfg.algo == "rm" and restored.step == 2
+    assert restored.cfg.meta.inner_steps == 2 and restored.frozen["base"] is None  # full weights: θ₀ is the base
+    assert set(restored.frozen) == {"theta0", "base", "rm"}
+
+
+def test_solver_config_overrides_only_what_is_given():
+    meta = MetaConfig(inner_steps=4, inner_lr=0.02, beta=0.5, prox=0.0)
+    assert solver_config(meta, MetaTestConfig()) == meta
+    assert solver_config(meta, MetaTestConfig(steps=16, beta=2.0)) == dataclasses.replace(meta, inner_steps=16,
+                                                                                           beta=2.0)
+
+
+def test_adapt_and_judge_per_domain(restored):
+    solver = solver_config(restored.cfg.meta.bilevel(), TEST)
+    domains = dict(list(restored.bench.domain_split("heldout", TEST.prompts + TEST.eval_prompts).items())[:3])
+    outputs = adapt_and_sample(restored, solver, domains, TEST)
+    assert list(outputs) == list(domains)
+    for out in outputs.values():
+        assert out["adapted"]["tokens"].shape == (TEST.eval_prompts, restored.cfg.data.max_response_tokens)
+        assert out["inner_losses"].shape == (2,)
+    # a domain's samples do not depend on how domains are chunked
+    one_by_one = adapt_and_sample(restored, solver, domains, dataclasses.replace(TEST, domains_per_batch=1))
+    for name in domains:
+        np.testing.assert_array_equal(outputs[name]["adapted"]["tokens"], one_by_one[name]["adapted"]["tokens"])
+    rows = judge(restored, domains, outputs, TEST)
+    assert [r["domain"] for r in rows] == list(domains)
+    assert all(0 <= r["win_rate"] <= 1 and 0 <= r["rm_pair_accuracy"] <= 1 for r in rows)
+    # judged against itself, a policy ties: win rate ½ and equal gold rewards
+    same = {name: dict(out, adapted=out["reference"]) for name, out in outputs.items()}
+    for r in judge(restored, domains, same, TEST):
+        assert r["win_rate"] == 0.5 and r["gold_adapted"] == r["gold_reference"]
+
+
+def test_summarise_and_render_by_hand():
+    rows = [{"domain": f"d{i}", "gold_adapted": a, "gold_reference": 0.1, "win_rate": w, "rm_pair_accuracy": acc}
+            for i, (a, w, acc) in enumerate([(0.3, 0.75, 0.5), (0.1, 0.5, float("nan")), (0.2, 0.25, 1.0)])]
+    result = summarise(rows, MetaTestConfig(bootstrap=300), solver=MetaConfig(inner_steps=3), split="heldout",
+                       about={"run_dir": "runs/x", "algo": "rm", "checkpoint_step": 7})
+    assert result["gold_gain"]["mean"] == pytest.approx(0.1) and result["win_rate"]["mean"] == pytest.approx(0.5)
+    assert result["rm_pair_accuracy"] == {"mean": 0.75, "ci95": [0.5, 1.0], "domains": 2}  # NaN domains skipped
+    lo, hi = result["gold_adapted"]["ci95"]
+    assert 0.1 <= lo <= 0.2 <= hi <= 0.3
+    text = render(result)
+    assert "| d0 | 0.100 | 0.300 | 0.75 | 0.50 |" in text and "step 7" in text and "3 sgd steps" in text
