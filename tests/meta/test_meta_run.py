@@ -137,3 +137,14 @@ def test_meta_test_refuses_other_runs(tmp_path):
     train(d, prepare_run_dir(d, None, ["algo=dpo"] + not_meta + ["steps=1"], False), progress=False)
     with pytest.raises(ConfigError, match="needs a `meta` or `rm` run"):
         meta_test(d, progress=False)
+
+
+def test_a_broken_down_linear_solve_is_warned_in_the_run_log(tmp_path, capsys):
+    # inner_lr · prox = 2.5 > 2: the inner steps diverge, the inner Hessian at θ_K is indefinite and conjugate
+    # gradients break down (as in test_metagrad); the run goes on, and its log says so at every such step.
+    _run(tmp_path, "implicit", ["steps=2", "meta.method=implicit", "meta.prox=5.0", "meta.inner_lr=0.5",
+                                "meta.inner_steps=3"])
+    err = capsys.readouterr().err
+    assert "linear solve broke down" in err, err
+    rows = read_metrics(tmp_path / "implicit", "train")
+    assert rows[-1]["solver_breakdown"] == 1.0 and rows[-1]["solver_iterations"] < 20
