@@ -3,7 +3,8 @@
   records     PreferencePair, PromptExample, ScoredSample, PreferenceTree; read_jsonl, write_jsonl, DataError
   batching    metapl.data.batching: SequenceShape, PairLoader, ShuffledBatches, pack, prompt_arrays
   episodes    metapl.data.episodes: EpisodeConfig, EpisodeSampler (support prompts + query pairs per domain)
-  benchmarks  metapl.data.synthetic (analytic gold reward), metapl.data.sentiment (real text, VADER judge);
+  benchmarks  metapl.data.benchmarks: DataSpec and the Benchmark interface runs use, one class per benchmark;
+              metapl.data.synthetic (analytic gold reward), metapl.data.sentiment (real text, VADER judge);
               TFDS builds in metapl.data.tfds_builders; CLI `metapl data build|show`
   readers     metapl.data.readers: SHP, HH-RLHF, TL;DR comparisons/posts, XSum, Amazon reviews, your own tables
   corpora     metapl.data.corpora (real texts from installed packages), metapl.data.judges (VADER)
