@@ -8,12 +8,13 @@ from typing import Any, Callable
 import jax
 
 from metapl.data.benchmarks import Benchmark
+from metapl.data.schemas import PromptExample
 from metapl.eval.gold import gold_reward_of_samples
 from metapl.keys import stream_key
 from metapl.models.policy import Policy
 from metapl.parallel import param_shardings, place, run_mesh
 from metapl.train.batches import eval_pair_batches, weighted_mean
-from metapl.train.spec import RunConfig
+from metapl.train.spec import RunConfig, build_model_and_benchmark
 
 
 def policy_gold_reward(policy: Policy, bench: Benchmark, cfg: RunConfig,
@@ -49,9 +50,18 @@ def placed_on_run_mesh(frozen: Any, cfg: RunConfig) -> Any:
     return frozen if mesh is None else place(frozen, param_shardings(frozen, mesh))
 
 
-def per_domain_prompts(cfg: RunConfig, bench: Benchmark, total: int) -> int:
-    """Prompts per training domain so that about `total` are drawn over them (at least one each)."""
-    return max(1, total // len({p.domain for p in bench.train_pairs}))
+def training_prompts(bench: Benchmark, total: int) -> list[PromptExample]:
+    """About `total` prompts of the training domains to sample from (at least one per domain)."""
+    return bench.training_prompts(max(1, total // len({p.domain for p in bench.train_pairs})))
 
 
-__all__ = ["pair_evaluator", "per_domain_prompts", "placed_on_run_mesh", "policy_gold_reward"]
+def start_policy(cfg: RunConfig, *, reward_tokens: tuple[str, ...] = (), keep_reference: bool = True):
+    """(policy, initial params, benchmark, trainable, frozen) of a run that trains a policy from π_ref: the
+    model and benchmark of `cfg`, split by `Policy.init` (fresh adapters from the "adapters" key stream)."""
+    config, params, bench = build_model_and_benchmark(cfg, reward_tokens)
+    policy = Policy(config)
+    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"), keep_reference=keep_reference)
+    return policy, params, bench, trainable, frozen
+
+
+__all__ = ["pair_evaluator", "placed_on_run_mesh", "policy_gold_reward", "start_policy", "training_prompts"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from metapl.algorithms.common import per_domain_prompts, policy_gold_reward
+from metapl.algorithms.common import policy_gold_reward, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, TruncationStats
 from metapl.data.reward_tokens import DEFAULT_REWARD_TEMPLATE, DEFAULT_REWARD_TOKEN, render_reward_prompt
 from metapl.data.sample_sets import (
@@ -20,12 +20,10 @@ from metapl.data.sample_sets import (
     zscore_by_prompt,
 )
 from metapl.data.sft_arrays import reward_conditioned_arrays, sample_arrays
-from metapl.keys import stream_key
 from metapl.losses import offline
-from metapl.models.policy import Policy
 from metapl.parallel import run_mesh
 from metapl.train.batches import ArrayBatches
-from metapl.train.spec import Algorithm, RunConfig, Setup, build_model_and_benchmark, register
+from metapl.train.spec import Algorithm, RunConfig, Setup, register
 
 # dt: room in the prompt for the reward token (the prompt limit grows by this many tokens).
 REWARD_TOKEN_ROOM = 4
@@ -60,9 +58,9 @@ class OfflineRun(RunConfig):
 def setup_offline(cfg: OfflineRun) -> Setup:
     method, opts = cfg.algo, cfg.offline
     reward_tokens = tuple(DEFAULT_REWARD_TOKEN.format(bin=b) for b in range(opts.bins)) if method == "dt" else ()
-    config, params, bench = build_model_and_benchmark(cfg, reward_tokens)
-    policy = Policy(config)
-    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.sample_prompts))
+    policy, params, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens, keep_reference=False)
+    config = policy.config
+    prompts = training_prompts(bench, cfg.data.sample_prompts)
     sample_cfg = SampleSetConfig(samples_per_prompt=cfg.data.samples_per_prompt,
                                  max_new_tokens=cfg.data.max_response_tokens, batch_size=32,
                                  max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, policy="reference")
@@ -98,7 +96,6 @@ def setup_offline(cfg: OfflineRun) -> Setup:
             batch = dict(batch, weights=offline.rwr_weights(batch["rewards"], opts.tau, normalize="none"))
         return offline.sft_objective(p, batch, config=config, lora=lora)
 
-    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"), keep_reference=False)
     gold = policy_gold_reward(policy, bench, cfg, render=render)
     info["truncation"] = stats.summary()
     return Setup(trainable, frozen, objective,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal
 import jax
 import jax.numpy as jnp
 
-from metapl.algorithms.common import per_domain_prompts, placed_on_run_mesh, policy_gold_reward
+from metapl.algorithms.common import placed_on_run_mesh, policy_gold_reward, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, ShuffledBatches, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.keys import stream_key
@@ -29,7 +29,7 @@ from metapl.models import SamplingConfig, generate, init_head_params
 from metapl.models.logprobs import token_logprobs
 from metapl.models.policy import Policy
 from metapl.parallel import run_mesh
-from metapl.train.spec import Algorithm, RunConfig, Setup, build_model_and_benchmark, register
+from metapl.train.spec import Algorithm, RunConfig, Setup, register
 
 Weights = Callable[[Any, Any], tuple[Any, Any]]  # (trainable, frozen) -> (params, lora) of the current policy
 
@@ -103,15 +103,14 @@ class RLOORun(RunConfig):
 
 
 def setup_rloo(cfg: RLOORun) -> Setup:
-    config, params, bench = build_model_and_benchmark(cfg)
-    policy = Policy(config)
-    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
+    policy, _, bench, trainable, frozen = start_policy(cfg)
+    config = policy.config
 
     def objective(t, f, batch):
         p, lora = policy.weights(t, f)
         return rloo_objective(p, batch, config=config, lora=lora, **dataclasses.asdict(cfg.loss))
 
-    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.sample_prompts))
+    prompts = training_prompts(bench, cfg.data.sample_prompts)
     gold = policy_gold_reward(policy, bench, cfg)
     frozen = placed_on_run_mesh(frozen, cfg)
     return Setup(trainable, frozen, objective, Rollouts(prompts, bench, cfg, policy, frozen, policy.weights,
@@ -200,9 +199,8 @@ class PPORollouts(Rollouts):
 
 def setup_ppo(cfg: PPORun) -> Setup:
     """PPO; the trainable tree is {"lora" (LoRA) or "lm" (all weights): the policy, "value_head": its head}."""
-    config, params, bench = build_model_and_benchmark(cfg)
-    policy = Policy(config)
-    lm, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
+    policy, _, bench, lm, frozen = start_policy(cfg)
+    config = policy.config
     part = "lora" if policy.uses_lora else "lm"
     head = init_head_params(config, stream_key(cfg.seed, "value_head"), backbone={})["head"]
     trainable = {part: lm, "value_head": head}
@@ -218,7 +216,7 @@ def setup_ppo(cfg: PPORun) -> Setup:
         p, lora = model_weights(t, f)
         return ppo_objective(p, batch, config=config, lora=lora, **dataclasses.asdict(cfg.loss))
 
-    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.sample_prompts))
+    prompts = training_prompts(bench, cfg.data.sample_prompts)
     gold = policy_gold_reward(policy, bench, cfg)
     frozen = placed_on_run_mesh(frozen, cfg)
     rollouts = PPORollouts(prompts, bench, cfg, policy, frozen, weights, 1, opts=cfg.ppo, model_weights=model_weights)

@@ -9,7 +9,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from metapl.algorithms.common import pair_evaluator, per_domain_prompts, policy_gold_reward
+from metapl.algorithms.common import pair_evaluator, policy_gold_reward, start_policy, training_prompts
 from metapl.config import ConfigError
 from metapl.data.batching import PairLoader, SequenceShape, TruncationStats
 from metapl.data.benchmarks import BENCHMARKS, DataSpec
@@ -20,7 +20,7 @@ from metapl.losses import preference, srpo
 from metapl.meta.options import MetaOptions
 from metapl.models.config import ModelConfig
 from metapl.models.heads import init_head_params
-from metapl.models.policy import Policy, RewardModel
+from metapl.models.policy import RewardModel
 from metapl.parallel import run_mesh
 from metapl.train.batches import ArrayBatches, PairBatches, TreeBatches, pair_inputs, pair_loader
 from metapl.train.spec import Algorithm, RunConfig, Setup, build_model_and_benchmark, register
@@ -115,10 +115,8 @@ def reference_cache(ref_params, config: ModelConfig, loader: PairLoader) -> dict
 
 
 def setup_dpo(cfg: DPORun) -> Setup:
-    config, params, bench = build_model_and_benchmark(cfg)
-    policy = Policy(config)
-    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
-    kind = cfg.algo
+    policy, params, bench, trainable, frozen = start_policy(cfg)
+    config, kind = policy.config, cfg.algo
 
     def objective(t, f, batch):
         p, lora = policy.weights(t, f)
@@ -178,7 +176,7 @@ def setup_tree_rm(cfg: TreeRMRun) -> Setup:
     config, backbone, bench = build_model_and_benchmark(cfg)
     if bench.tokenizer is None:
         raise ConfigError("tree-rm needs the benchmark's tokenizer")
-    prompts = bench.training_prompts(per_domain_prompts(cfg, bench, cfg.data.tree_prompts))
+    prompts = training_prompts(bench, cfg.data.tree_prompts)
     grown = generate_trees(backbone, config.replace(lora=None), bench.tokenizer, prompts, bench.gold, cfg.tree,
                            mesh=run_mesh(cfg.mesh))
     trees = grown.trees
@@ -219,9 +217,8 @@ class SRPORun(RunConfig):
 
 def setup_srpo(cfg: SRPORun) -> Setup:
     """SRPO on the benchmark's pairs: the six log-probs per pair, reference = initial weights (or LoRA base)."""
-    config, params, bench = build_model_and_benchmark(cfg)
-    policy = Policy(config)
-    trainable, frozen = policy.init(params, stream_key(cfg.seed, "adapters"))
+    policy, _, bench, trainable, frozen = start_policy(cfg)
+    config = policy.config
     shape = SequenceShape(2 * cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, cfg.data.max_response_tokens)
     template = bench.revision_template or DEFAULT_REVISION_TEMPLATE
     train = srpo_sequences(bench.train_pairs, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,

@@ -55,12 +55,6 @@ class Policy:
         """(params, lora) of the current policy, as the model functions take them."""
         return (frozen, trainable) if self.uses_lora else (trainable, None)
 
-    def reference_weights(self, trainable: Params, frozen: Params | None) -> Params:
-        """The reference policy's params (for `base_config`): the base weights, or the frozen initial copy."""
-        if frozen is None:
-            raise ValueError("this policy keeps no reference: it was initialised with keep_reference=False")
-        return frozen
-
     def logprobs(self, trainable: Params, frozen: Params | None, tokens: jax.Array, attention_mask: jax.Array,
                  response_mask: jax.Array) -> jax.Array:
         """Summed response log-probs [B] of tokens [B, T] under the current policy."""
