@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "reference policy against it on each test domain (projected solver) and score both policies "
                        "with the gold judge. Writes meta_test_<domains>.json and .md into the run directory.")
     m.add_argument("--run", required=True, help="a run directory of `metapl train meta` or `metapl train rm`")
-    m.add_argument("--domains", default="heldout", choices=("heldout", "train"))
+    m.add_argument("--domains", default="heldout", choices=("heldout", "validation", "train"))
     m.add_argument("--prompts", type=_positive_int, default=16, help="optimisation prompts per domain")
     m.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
     m.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")

@@ -4,11 +4,13 @@
     bench = load_benchmark(spec)                 # sentiment_domains also needs the pretrained model's tokenizer
     bench.train_pairs, bench.eval_pairs, bench.eval_prompts     # the meta-train domains' data for training runs
     bench.domain_split("heldout", prompts_per_domain=16)        # {domain: (prompts, pairs)} for meta-test
+    bench.domain_split("validation", prompts_per_domain=16)     # meta-train domains, prompts training never reads
     bench.gold(domain, prompt, response)                        # the gold judge
 
 Each benchmark has meta-train ("train") and held-out ("heldout") domains. A training run sees only the meta-train
 domains: their pairs, split per domain into training and evaluation pairs (`DataSpec.eval_fraction`), and some of
-their prompts. Everything that differs between benchmarks lives in its class; nothing else asks for a
+their prompts. The "validation" split is for tuning: the meta-train domains with prompts no training run reads and
+only their evaluation pairs, so that settings are chosen without looking at a held-out domain. Everything that differs between benchmarks lives in its class; nothing else asks for a
 benchmark's name. A new benchmark subclasses `Benchmark` and registers with `@register_benchmark`.
 """
 
@@ -22,6 +24,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from metapl.data.mechanisms import MechanismConfig
 from metapl.data.schemas import DataError, PreferencePair, PromptExample
 from metapl.data.synthetic import SyntheticConfig
 
@@ -30,9 +33,10 @@ from metapl.data.synthetic import SyntheticConfig
 class DataSpec:
     """Where pairs and prompts come from, and how they are cut into batches."""
 
-    benchmark: str = "synthetic_domains"  # or "sentiment_domains" (built with `metapl data build`)
+    benchmark: str = "synthetic_domains"  # or "mechanism_domains", "sentiment_domains" (`metapl data build`)
     data_dir: str | None = None
-    synthetic: SyntheticConfig = SyntheticConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()  # synthetic_domains' and mechanism_domains' knobs
+    mechanisms: MechanismConfig = MechanismConfig()  # mechanism_domains' mechanism knobs
     batch_size: int = 8
     max_prompt_tokens: int = 16
     max_response_tokens: int = 16
@@ -43,7 +47,7 @@ class DataSpec:
     samples_per_prompt: int = 4  # offline methods: responses sampled per prompt from the reference policy
 
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "validation", "heldout")
 
 
 def split_pairs(pairs: Sequence[PreferencePair], fraction: float) -> tuple[list, list]:
@@ -96,7 +100,8 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def domain_split(self, split: str, prompts_per_domain: int) -> dict[str, tuple[list, list]]:
         """{domain: (its first `prompts_per_domain` prompts, its labelled pairs)} for the meta-train ("train") or
-        held-out ("heldout") domains, in the benchmark's domain order."""
+        held-out ("heldout") domains, in the benchmark's domain order; "validation": the meta-train domains with
+        prompts training never reads and their evaluation pairs only."""
 
     @abc.abstractmethod
     def training_prompts(self, per_domain: int) -> list[PromptExample]:
@@ -119,7 +124,7 @@ class Benchmark(abc.ABC):
     @staticmethod
     def _check_split(split: str) -> None:
         if split not in SPLITS:
-            raise DataError(f"split must be train or heldout, got {split!r}")
+            raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 BENCHMARKS: dict[str, type[Benchmark]] = {}
@@ -149,15 +154,19 @@ class SyntheticBenchmark(Benchmark):
     tree_separators = ()
 
     def __init__(self, spec: DataSpec, tokenizer: Any = None):
-        from metapl.data.synthetic import SyntheticDomains
-
         self.spec = spec
-        self.domains = SyntheticDomains(spec.synthetic)
+        self.domains = self._make_domains(spec)
         self._set_tokenizer(self.domains.tokenizer, len(self.domains.tokenizer.SPECIALS) + spec.synthetic.vocab_words)
         pairs = [p for d in self.domains.train_domains for p in self.domains.pairs(d)]
         self.train_pairs, self.eval_pairs = split_pairs(pairs, spec.eval_fraction)
         per_domain = max(1, spec.eval_prompts // len(self.domains.train_domains))
         self.eval_prompts = [p for d in self.domains.train_domains for p in self.domains.prompts(d, per_domain)]
+
+    @staticmethod
+    def _make_domains(spec: DataSpec):
+        from metapl.data.synthetic import SyntheticDomains
+
+        return SyntheticDomains(spec.synthetic)
 
     def _set_tokenizer(self, tokenizer, words_end: int) -> None:
         self.tokenizer, self.vocab_size = tokenizer, tokenizer.vocab_size
@@ -175,6 +184,10 @@ class SyntheticBenchmark(Benchmark):
 
     def domain_split(self, split: str, prompts_per_domain: int) -> dict[str, tuple[list, list]]:
         self._check_split(split)
+        if split == "validation":
+            return {d: (self.domains.prompts(d, prompts_per_domain, validation=True),
+                        split_pairs(self.domains.pairs(d), self.spec.eval_fraction)[1])
+                    for d in self.domains.train_domains}
         names = self.domains.train_domains if split == "train" else self.domains.heldout_domains
         return {d: (self.domains.prompts(d, prompts_per_domain), self.domains.pairs(d)) for d in names}
 
@@ -185,8 +198,26 @@ class SyntheticBenchmark(Benchmark):
         from metapl.data.synthetic import WordTokenizer
 
         out = copy.copy(self)
-        out._set_tokenizer(WordTokenizer(self.spec.synthetic.vocab_words, list(tokens)), self._words_end)
+        controls = list(getattr(self.domains, "descriptor_tokens", ())) + list(tokens)
+        out._set_tokenizer(WordTokenizer(self.spec.synthetic.vocab_words, controls), self._words_end)
         return out
+
+
+@register_benchmark
+class MechanismBenchmark(SyntheticBenchmark):
+    """`mechanism_domains` (`metapl.data.mechanisms`): `synthetic_domains` (knobs in `spec.synthetic`) with the
+    mechanisms of `spec.mechanisms`. Descriptor tokens are control tokens: prompts carry them, response text
+    drops them."""
+
+    name = "mechanism_domains"
+
+    @staticmethod
+    def _make_domains(spec: DataSpec):
+        from metapl.data.mechanisms import MechanismDomains
+
+        domains = MechanismDomains(spec.synthetic, spec.mechanisms)
+        domains.check_prompt_length(spec.max_prompt_tokens)
+        return domains
 
 
 @register_benchmark
@@ -236,6 +267,9 @@ class SentimentBenchmark(Benchmark):
         from metapl.data.tfds_builders import load_records
 
         self._check_split(split)
+        if split == "validation":
+            raise DataError("sentiment_domains has no validation split yet (tuning prompts of the meta-train "
+                            "domains); tune on synthetic_domains or mechanism_domains")
         prompts_dir = self._built("prompts")
         out: dict[str, tuple[list, list]] = {}
         for p in load_records(prompts_dir, split):
@@ -256,5 +290,5 @@ class SentimentBenchmark(Benchmark):
         return self.eval_prompts[: self.spec.tree_prompts]
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "DataSpec", "SPLITS", "SentimentBenchmark", "SyntheticBenchmark",
-           "load_benchmark", "register_benchmark", "split_pairs"]
+__all__ = ["BENCHMARKS", "Benchmark", "DataSpec", "MechanismBenchmark", "SPLITS", "SentimentBenchmark",
+           "SyntheticBenchmark", "load_benchmark", "register_benchmark", "split_pairs"]

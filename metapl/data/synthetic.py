@@ -29,7 +29,7 @@ import numpy as np
 
 from metapl.data.schemas import DataError, PreferencePair, PromptExample
 
-_WORLD, _DOMAIN, _PROMPTS, _PAIRS = 0, 1, 2, 3  # random-stream tags
+_WORLD, _DOMAIN, _PROMPTS, _PAIRS, _VALIDATION = 0, 1, 2, 3, 4  # random-stream tags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,19 +150,30 @@ class SyntheticDomains:
             raise DataError("empty response", field="response")
         n = len(WordTokenizer.SPECIALS)
         y_words = np.asarray(y) - n
+        y_words = y_words[y_words < self.config.vocab_words]  # control tokens (after the words) carry no reward
+        if not len(y_words):
+            raise DataError("response has no words", field="response")
         quality = float(np.mean(self.features[y_words] @ self.domain_weights(domain)))
-        overlap = float(np.mean([t in set(x) for t in y]))
+        overlap = float(np.mean([t in set(x) for t in y_words + n]))
         return quality + self.config.relevance * overlap
 
     def _words(self, rng: np.random.Generator, lengths: tuple[int, int], p: np.ndarray | None) -> str:
         n = int(rng.integers(lengths[0], lengths[1] + 1))
         return " ".join(self.tokenizer.words[i] for i in rng.choice(self.config.vocab_words, size=n, p=p))
 
-    def prompts(self, domain: str, n: int) -> list[PromptExample]:
-        """n prompts drawn from the domain's prompt distribution (a stream separate from the pairs')."""
-        rng = np.random.default_rng([self.config.seed, _PROMPTS, self._index(domain)])
+    def _prompt(self, rng: np.random.Generator, domain: str, p: np.ndarray) -> str:
+        return self._words(rng, self.config.prompt_words, p)
+
+    def _response(self, rng: np.random.Generator) -> str:
+        """A response of a labelled pair (here: uniform words, like the untrained reference policy's)."""
+        return self._words(rng, self.config.response_words, None)
+
+    def prompts(self, domain: str, n: int, validation: bool = False) -> list[PromptExample]:
+        """n prompts drawn from the domain's prompt distribution (a stream separate from the pairs'); with
+        `validation`, from a third stream that training never reads (tuning prompts of a meta-train domain)."""
+        rng = np.random.default_rng([self.config.seed, _VALIDATION if validation else _PROMPTS, self._index(domain)])
         p = self.prompt_distribution(domain)
-        return [PromptExample(self._words(rng, self.config.prompt_words, p), domain) for _ in range(n)]
+        return [PromptExample(self._prompt(rng, domain, p), domain) for _ in range(n)]
 
     def pairs(self, domain: str, n: int | None = None) -> list[PreferencePair]:
         """`n` (default pairs_per_domain) labelled pairs from the domain; the first k are the same for any n >= k."""
@@ -171,9 +182,9 @@ class SyntheticDomains:
         p = self.prompt_distribution(domain)
         out = []
         while len(out) < n:
-            prompt = self._words(rng, self.config.prompt_words, p)
-            a = self._words(rng, self.config.response_words, None)
-            b = self._words(rng, self.config.response_words, None)
+            prompt = self._prompt(rng, domain, p)
+            a = self._response(rng)
+            b = self._response(rng)
             u = rng.random()
             if a == b:
                 continue

@@ -17,6 +17,8 @@ def mean_interval(values, resamples: int, seed: int) -> dict:
     """{"mean", "ci95", "domains"} of the finite entries of `values` (a domain may lack a measure: NaN)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
+    if not len(v):  # no domain has the measure (e.g. a policy run has no reward model to score pairs)
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "domains": 0}
     lo, hi = bootstrap_interval(v, resamples, seed)
     return {"mean": float(v.mean()), "ci95": [lo, hi], "domains": int(len(v))}
 
@@ -34,4 +36,22 @@ def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) ->
     return {"mean": float(d.mean()), "ci95": [lo, hi], "a_better": int((d > 0).sum()), "domains": len(d)}
 
 
-__all__ = ["bootstrap_interval", "mean_interval", "paired_difference"]
+def two_level_interval(values, resamples: int = 5000, seed: int = 0) -> dict:
+    """values [S, D] (e.g. seeds x domains): the mean and a 95% percentile-bootstrap interval that resamples the S
+    rows with replacement and, within each drawn row, its D entries with replacement (NaN entries are dropped
+    per row). {"mean", "ci95", "seeds", "domains"}."""
+    rows = [np.asarray(r, dtype=float) for r in values]
+    rows = [r[np.isfinite(r)] for r in rows]
+    if not rows or any(not len(r) for r in rows):
+        raise ValueError("two_level_interval: every row needs at least one finite value")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for i in range(resamples):
+        picked = rng.integers(0, len(rows), size=len(rows))
+        means[i] = np.mean([rows[j][rng.integers(0, len(rows[j]), size=len(rows[j]))].mean() for j in picked])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(np.mean([r.mean() for r in rows])), "ci95": [float(lo), float(hi)], "seeds": len(rows),
+            "domains": int(len(rows[0]))}
+
+
+__all__ = ["bootstrap_interval", "mean_interval", "paired_difference", "two_level_interval"]

@@ -127,7 +127,7 @@ def solver_config(meta: MetaConfig, test: MetaTestConfig) -> MetaConfig:
 
 # --------------------------------------------------------------------------------------------------- adapt
 
-def _prompt_batch(bench: Benchmark, chunk_prompts) -> tuple[jax.Array, jax.Array]:
+def prompt_batch(bench: Benchmark, chunk_prompts) -> tuple[jax.Array, jax.Array]:
     """[D] lists of prompts -> tokens, mask [D, B, max_prompt_tokens]."""
     spec = bench.spec
     shape = SequenceShape(spec.max_prompt_tokens, spec.max_response_tokens)
@@ -202,13 +202,13 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
         keys = spread(jnp.stack([domain_key(test, names.index(name)) for name in chunk]))
-        tokens, mask = spread(_prompt_batch(bench, [[x for x in domains[name][0][:p] for _ in range(n)]
+        tokens, mask = spread(prompt_batch(bench, [[x for x in domains[name][0][:p] for _ in range(n)]
                                                     for name in chunk]))
         support = sample_support(frozen, tokens, mask, keys)
         rewards = spread(gold_rewards(chunk, support)) if test.reward == "gold" else \
             model_rewards(phi, frozen, support)
         thetas, losses = adapt_chunk(rewards, frozen, support)
-        tokens, mask = spread(_prompt_batch(bench, [domains[name][0][p:] for name in chunk]))
+        tokens, mask = spread(prompt_batch(bench, [domains[name][0][p:] for name in chunk]))
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         samples = {"adapted": sample_chunk(thetas, frozen["base"], tokens, mask, eval_keys),
                    "reference": sample_reference_chunk(frozen["theta0"], frozen["base"], tokens, mask, eval_keys)}
@@ -249,7 +249,8 @@ def pair_accuracy(restored: RestoredReward, pairs: list, accuracy_fn=None) -> fl
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],
           test: MetaTestConfig, progress: bool = False) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
-    win rate over the reference (ties ½), the reward model's pair accuracy, and the first and last inner loss."""
+    win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, and the
+    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys)."""
     bench, rows, accuracy_fn = restored.bench, [], pair_accuracy_fn(restored.config)
     for name, out in outputs.items():
         prompts = domains[name][0][test.prompts:]
@@ -260,6 +261,7 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
                      "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
                      "rm_pair_accuracy": pair_accuracy(restored, pairs, accuracy_fn), "pairs": len(pairs),
+                     "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),
                      "inner_loss_last": float(out["inner_losses"][-1])})
         if progress:
@@ -347,4 +349,5 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
 
 __all__ = ["MetaTestConfig", "RestoredReward", "adapt_and_sample", "domain_key", "judge", "meta_test",
-           "pair_accuracy", "pair_accuracy_fn", "render", "restore_reward_model", "solver_config", "summarise"]
+           "pair_accuracy", "pair_accuracy_fn", "prompt_batch", "render", "restore_reward_model", "solver_config",
+           "summarise"]

@@ -1,0 +1,107 @@
+"""A trained policy (e.g. DPO on the pooled pairs) answering the prompts of a benchmark's test domains, judged like
+a meta-test: the same evaluation prompts and the same per-domain keys as `metapl meta-test`, so the rows pair with
+a reward model's meta-test rows domain by domain.
+
+    result = policy_test("runs/dpo", "heldout", MetaTestConfig(eval_prompts=32))
+
+Per domain: the mean gold reward of the trained policy's samples ("gold_adapted") and of the reference policy's
+("gold_reference"), and the trained policy's gold win rate over the reference (ties ½). No solver runs and no
+reward model exists, so the optimisation prompts are skipped and "rm_pair_accuracy" is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from metapl.algorithms.common import start_policy
+from metapl.config import ConfigError
+from metapl.meta.evaluate import MetaTestConfig, prompt_batch, domain_key, summarise
+from metapl.meta.metagrad import MetaConfig
+from metapl.models import SamplingConfig
+from metapl.models.sampling import generate_traced
+from metapl.train.checkpoints import checkpoint_manager, restore_checkpoint
+from metapl.train.run import read_run_config
+from metapl.train.step import init_state, make_optimizer
+
+
+def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
+                write: bool = True) -> dict:
+    """Judge the latest checkpoint of a policy run on the benchmark's `split` domains; with `write`,
+    policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    if cfg.algo in ("meta", "rm", "tree-rm"):
+        raise ConfigError(f"{run_dir}: a {cfg.algo!r} run trains a reward model; use meta-test")
+    manager = checkpoint_manager(run_dir)
+    if manager.latest_step() is None:
+        raise ConfigError(f"{run_dir}: no checkpoint to test")
+    policy, params, bench, trainable, frozen = start_policy(cfg)
+    state = init_state(trainable, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
+    state, _ = restore_checkpoint(manager, manager.latest_step(), state)
+    trained = policy.weights(state.params, frozen)
+    reference = policy.weights(trainable, frozen)  # the run's starting point, π_ref
+    spec = bench.spec
+    sampling = SamplingConfig(max_new_tokens=spec.max_response_tokens, temperature=1.0, stop_token_ids=(bench.eos_id,))
+
+    @jax.jit
+    def sample(weights, tokens, mask, key):
+        params, lora = weights
+        return generate_traced(params, policy.config, tokens, mask, key, sampling, pad_id=bench.pad_id,
+                               lora=lora).sequences()
+
+    domains = bench.domain_split(split, test.prompts + test.eval_prompts)
+    names, tp, rows = list(domains), spec.max_prompt_tokens, []
+    for index, name in enumerate(names):
+        prompts = domains[name][0][test.prompts:]
+        tokens, mask = prompt_batch(bench, [prompts])
+        key = jax.random.fold_in(domain_key(test, index), 1)  # meta-test's evaluation key of this domain
+        gold = {}
+        for side, weights in (("adapted", trained), ("reference", reference)):
+            out = jax.device_get(sample(weights, tokens[0], mask[0], key))
+            gold[side] = np.asarray(bench.gold_scores(prompts, out["tokens"][:, tp:], out["response_mask"][:, tp:]))
+        wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
+        rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
+                     "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
+                     "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
+                     "gold_adapted_samples": gold["adapted"].tolist(),
+                     "inner_loss_first": float("nan"), "inner_loss_last": float("nan")})
+    result = summarise(rows, test, solver=MetaConfig(), split=split,
+                       about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": int(state.step)})
+    result["solver"] = {"kind": "none (the trained policy answers)"}
+    if write:
+        (run_dir / f"policy_test_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (run_dir / f"policy_test_{split}.md").write_text(_render(result))
+    return result
+
+
+def _render(result: dict) -> str:
+    def ci(s):
+        return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+
+    return "\n".join([
+        f"# Policy test of {result['run_dir']} ({result['algo']} run, step {result['checkpoint_step']}) on "
+        f"{result['domains']} {result['split']} domains",
+        "",
+        f"One temperature-1 sample per prompt, {result['test']['eval_prompts']} prompts per domain, the trained and "
+        "the reference policy on the same keys. Means over domains with bootstrap 95% intervals.",
+        "",
+        "| measure | mean [95% CI] |",
+        "|---|---|",
+        f"| gold reward, reference policy | {ci(result['gold_reference'])} |",
+        f"| gold reward, trained policy | {ci(result['gold_adapted'])} |",
+        f"| gold gain (trained − reference) | {ci(result['gold_gain'])} |",
+        f"| gold win rate vs reference | {ci(result['win_rate'])} |",
+        "",
+        "| domain | gold ref | gold trained | win rate |",
+        "|---|---|---|---|",
+        *[f"| {r['domain']} | {r['gold_reference']:.3f} | {r['gold_adapted']:.3f} | {r['win_rate']:.2f} |"
+          for r in result["per_domain"]],
+        "",
+    ])
+
+
+__all__ = ["policy_test"]
