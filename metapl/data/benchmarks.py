@@ -10,8 +10,9 @@
 Each benchmark has meta-train ("train") and held-out ("heldout") domains. A training run sees only the meta-train
 domains: their pairs, split per domain into training and evaluation pairs (`DataSpec.eval_fraction`), and some of
 their prompts. The "validation" split is for tuning: the meta-train domains with prompts no training run reads and
-only their evaluation pairs, so that settings are chosen without looking at a held-out domain. Everything that differs between benchmarks lives in its class; nothing else asks for a
-benchmark's name. A new benchmark subclasses `Benchmark` and registers with `@register_benchmark`.
+only their evaluation pairs, so that settings are chosen without looking at a held-out domain. Everything that
+differs between benchmarks lives in its class; nothing else asks for a benchmark's name. A new benchmark
+subclasses `Benchmark` and registers with `@register_benchmark`.
 """
 
 from __future__ import annotations
@@ -223,7 +224,10 @@ class MechanismBenchmark(SyntheticBenchmark):
 @register_benchmark
 class SentimentBenchmark(Benchmark):
     """`sentiment_domains`: a TFDS build under `spec.data_dir` (`metapl data build sentiment_domains`), tokenised
-    by the pretrained model's tokenizer, judged by VADER on prompt + response."""
+    by the pretrained model's tokenizer, judged by VADER on prompt + response. Its validation prompts are the last
+    ones of each meta-train domain: training reads a prefix (`data.eval_prompts` over the domain blocks, and a meta
+    run's first `meta.support_pool` prompts per domain), so a build needs prompts_per_domain >= support_pool +
+    the validation prompts asked for."""
 
     name = "sentiment_domains"
 
@@ -249,9 +253,9 @@ class SentimentBenchmark(Benchmark):
         from metapl.data.tfds_builders import VERSION
 
         root = Path(self.spec.data_dir) if self.spec.data_dir else default_data_dir()
-        path = root / "sentiment_domains" / kind / VERSION
+        path = root / self.name / kind / VERSION
         if not path.exists():
-            raise DataError(f"{path} does not exist; run `metapl data build sentiment_domains` first")
+            raise DataError(f"{path} does not exist; run `metapl data build {self.name}` first")
         return path
 
     def encode(self, text: str) -> list[int]:
@@ -267,13 +271,21 @@ class SentimentBenchmark(Benchmark):
         from metapl.data.tfds_builders import load_records
 
         self._check_split(split)
-        if split == "validation":
-            raise DataError("sentiment_domains has no validation split yet (tuning prompts of the meta-train "
-                            "domains); tune on synthetic_domains or mechanism_domains")
         prompts_dir = self._built("prompts")
         out: dict[str, tuple[list, list]] = {}
-        for p in load_records(prompts_dir, split):
+        for p in load_records(prompts_dir, "train" if split == "validation" else split):
             out.setdefault(p.domain, ([], []))[0].append(p)
+        if split == "validation":  # the last prompts of each meta-train domain, its evaluation pairs
+            read = {(p.domain, p.prompt) for p in self.eval_prompts}
+            for d, (prompts, pairs) in out.items():
+                last = prompts[len(prompts) - prompts_per_domain:] if prompts_per_domain <= len(prompts) else []
+                if not last or any((p.domain, p.prompt) in read for p in last):
+                    raise DataError(f"{prompts_dir}: domain {d} has {len(prompts)} prompts; its last "
+                                    f"{prompts_per_domain} (the validation prompts) must exist and be unread by "
+                                    f"training (data.eval_prompts = {self.spec.eval_prompts} reads a prefix)")
+                pairs += [p for p in self.eval_pairs if p.domain == d]
+                out[d] = (last, pairs)
+            return out
         for p in load_records(self._built("pairs"), split):
             if p.domain in out:
                 out[p.domain][1].append(p)
@@ -290,5 +302,27 @@ class SentimentBenchmark(Benchmark):
         return self.eval_prompts[: self.spec.tree_prompts]
 
 
+@register_benchmark
+class SentimentTargetsBenchmark(SentimentBenchmark):
+    """`sentiment_targets`: a TFDS build (`metapl data build sentiment_targets`) whose domains each want positive
+    or negative continuations, as every prompt's tag states; gold = target x VADER of the untagged prompt +
+    response (`metapl.data.sentiment`)."""
+
+    name = "sentiment_targets"
+
+    def __init__(self, spec: DataSpec, tokenizer: Any = None):
+        from metapl.data.tfds_builders import read_metadata
+
+        super().__init__(spec, tokenizer)
+        self.targets = {d: int(t) for d, t in read_metadata(self._built("pairs"))["targets"].items()}
+
+    def gold(self, domain: str, prompt: str, response: str) -> float:
+        from metapl.data.sentiment import target_gold
+
+        if domain not in self.targets:
+            raise DataError(f"unknown domain {domain!r} of sentiment_targets", field="domain")
+        return float(target_gold(self._judge, self.targets[domain], [prompt], [response])[0])
+
+
 __all__ = ["BENCHMARKS", "Benchmark", "DataSpec", "MechanismBenchmark", "SPLITS", "SentimentBenchmark",
-           "SyntheticBenchmark", "load_benchmark", "register_benchmark", "split_pairs"]
+           "SentimentTargetsBenchmark", "SyntheticBenchmark", "load_benchmark", "register_benchmark", "split_pairs"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from metapl.data.schemas import DataError, PreferencePair
 
-BENCHMARKS = ("synthetic_domains", "sentiment_domains")
+BENCHMARKS = ("synthetic_domains", "sentiment_domains", "sentiment_targets")
 
 
 def default_data_dir() -> Path:
@@ -42,9 +42,13 @@ def add_parser(sub) -> None:
     g.add_argument("--num-domains", type=int, default=64)
     g.add_argument("--num-heldout", type=int, default=24)
     g.add_argument("--shift", type=float, default=0.5, help="spread of domain preferences around the shared one")
-    g = b.add_argument_group("sentiment_domains knobs")
+    g = b.add_argument_group("sentiment_domains and sentiment_targets knobs")
     g.add_argument("--max-new-tokens", type=int, default=24, help="length of the sampled continuations")
     g.add_argument("--model", default="smollm2-135m", help="the policy that samples the continuations")
+    g.add_argument("--heldout-pairs-per-domain", type=int, default=None,
+                   help="labelled pairs per held-out domain (default: --pairs-per-domain)")
+    g.add_argument("--min-margin", type=float, default=0.0,
+                   help="drop (and count) pairs whose gold margin is below this (the judge sees no preference)")
     b.set_defaults(func=_cmd_build)
 
     s = dsub.add_parser("show", help="print examples and per-domain counts")
@@ -92,6 +96,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             from metapl.data.sentiment import SentimentConfig
 
             config = SentimentConfig(max_new_tokens=args.max_new_tokens, model=args.model, seed=args.seed,
+                                     targets=args.name == "sentiment_targets",
+                                     heldout_pairs_per_domain=args.heldout_pairs_per_domain,
+                                     min_margin=args.min_margin,
                                      **_knobs(args, pairs_per_domain=8, prompts_per_domain=32, label_noise=0.05))
             paths = tfds_builders.build_sentiment(data_dir, config, overwrite=args.overwrite)
     except ValueError as e:
@@ -132,7 +139,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(f"chosen: {r.chosen}  ({gold(r.domain, r.prompt, r.chosen)})")
             print(f"rejected: {r.rejected}  ({gold(r.domain, r.prompt, r.rejected)})")
         else:
-            if args.name == "sentiment_domains":
+            if args.name.startswith("sentiment"):
                 print(f"  ({gold(r.domain, '', r.prompt)} for the prompt)")
             if r.reference:
                 print(f"reference: {r.reference if len(r.reference) < 300 else r.reference[:300] + ' ...'}")
@@ -150,6 +157,12 @@ def _gold_reward(name: str, metadata: dict):
     from metapl.data.judges import VaderJudge
 
     judge = VaderJudge()
+    if name == "sentiment_targets":
+        from metapl.data.sentiment import target_gold
+
+        targets = metadata["targets"]
+        return lambda d, x, y: (f"gold {float(target_gold(judge, targets[d], [x], [y])[0]):+.3f} "
+                                f"(target {targets[d]:+d})")
     return lambda d, x, y: f"VADER {float(judge.score([x + y])[0]):+.3f}"
 
 

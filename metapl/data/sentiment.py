@@ -8,6 +8,14 @@ more positive). Preference pairs: two continuations sampled from the embedded Sm
 sigmoid((r_a - r_b) / label_noise); gold_margin = r(chosen) - r(rejected). Pairs whose two continuations are
 identical are not pairs; they are counted (`SentimentBuild.identical`) and reported, never silently lost.
 
+`sentiment_targets` (`targets=True`) gives each domain a target direction that its prompts state: half the
+domains of each split want positive continuations and half negative ones (a seeded, balanced draw), every prompt
+starts with the tag of its domain's target (`TARGET_TAGS`), and the gold reward is the target times the VADER
+compound of the untagged prompt + response. A reward model can only rank a domain's pairs by reading the tag, so
+the benchmark holds domain-conditional preferences a prompt reveals. `min_margin` drops pairs whose gold margin
+is below it (the judge sees no preference there; they are counted as `indecisive`), and
+`heldout_pairs_per_domain` sets the held-out domains' pairs apart from the meta-train domains'.
+
 Split (fixed): the 12 domains in `TRAIN_DOMAINS` are meta-train domains; every other corpus domain with enough
 usable prompts (at least prompts_per_domain + pairs_per_domain) is held out, at least 20 of them. Domains
 with too few prompts are excluded and listed in the build's metadata.
@@ -31,6 +39,7 @@ TRAIN_DOMAINS = (
     "shakespeare/comedies", "shakespeare/tragedies", "reviews/rotten_tomatoes_fresh", "reviews/rotten_tomatoes_plots",
 )
 MIN_HELDOUT = 20
+TARGET_TAGS = {1: "[tone: positive]", -1: "[tone: negative]"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +55,52 @@ class SentimentConfig:
     model: str = "smollm2-135m"
     batch_size: int = 32
     seed: int = 0
+    targets: bool = False
+    heldout_pairs_per_domain: int | None = None  # None: pairs_per_domain
+    min_margin: float = 0.0
+
+    def __post_init__(self):
+        for name in ("pairs_per_domain", "prompts_per_domain", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heldout_pairs_per_domain is not None and self.heldout_pairs_per_domain < 1:
+            raise ValueError(f"heldout_pairs_per_domain must be >= 1, got {self.heldout_pairs_per_domain}")
+        if not np.isfinite(self.min_margin) or self.min_margin < 0:
+            raise ValueError(f"min_margin must be finite and >= 0, got {self.min_margin}")
+
+    def pairs_for(self, split: str) -> int:
+        """Labelled pairs per domain of a split ("train" or "heldout")."""
+        if split == "heldout" and self.heldout_pairs_per_domain is not None:
+            return self.heldout_pairs_per_domain
+        return self.pairs_per_domain
+
+
+def domain_targets(train: Sequence[str], heldout: Sequence[str], seed: int) -> dict[str, int]:
+    """{domain: +1 or -1}: within each split, half the domains (rounded up) positive, by a seeded permutation."""
+    out = {}
+    for i, names in enumerate((train, heldout)):
+        order = np.random.default_rng([seed, 11, i]).permutation(len(names))
+        for rank, j in enumerate(order):
+            out[names[j]] = 1 if rank < (len(names) + 1) // 2 else -1
+    return out
+
+
+def tag_prompt(text: str, target: int) -> str:
+    """The prompt a domain with `target` shows: its tag, a space, the opening."""
+    return f"{TARGET_TAGS[target]} {text}"
+
+
+def untag(prompt: str) -> str:
+    """The opening of a tagged prompt (the prompt itself when it has no tag)."""
+    for tag in TARGET_TAGS.values():
+        if prompt.startswith(tag + " "):
+            return prompt[len(tag) + 1:]
+    return prompt
+
+
+def target_gold(judge, target: int, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """sentiment_targets' gold reward: target x VADER compound of the untagged prompt + response ([n])."""
+    return target * judge.score([untag(x) + y for x, y in zip(prompts, responses)])
 
 
 def split_domains(domains: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -72,11 +127,15 @@ class SentimentBuild:
     excluded: dict[str, int]  # domain -> its number of usable prompts (too few)
     identical: int  # sampled pairs whose two continuations were identical (or empty), not kept
     seconds: float
+    indecisive: int = 0  # pairs whose |gold margin| < min_margin, not kept
+    targets: dict[str, int] = dataclasses.field(default_factory=dict)  # sentiment_targets: domain -> +1 / -1
 
 
-def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judge, *, model=None
-                 ) -> tuple[list[PreferencePair], int]:
-    """Two sampled continuations per prompt, judged and labelled; returns (pairs, number of identical pairs)."""
+def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judge, *, model=None,
+                 gold=None) -> tuple[list[PreferencePair], int, int]:
+    """Two sampled continuations per prompt, judged and labelled; returns (pairs, number of identical pairs,
+    number of indecisive pairs: |gold margin| < config.min_margin). gold(prompts, responses) -> scores [n]
+    (default: VADER of prompt + response)."""
     import jax
 
     from metapl.data.judges import bradley_terry_label
@@ -96,19 +155,22 @@ def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judg
         outputs += generate_text(model.params, model.config, model.tokenizer, padded,
                                  jax.random.fold_in(key, start), sampling)[: len(chunk)]
         _log(f"sampled {len(outputs)}/{len(texts)} continuations ({time.perf_counter() - t0:.0f}s)")
-    scores = judge.score([t + y for t, y in zip(texts, outputs)])
+    scores = gold(texts, outputs) if gold else judge.score([t + y for t, y in zip(texts, outputs)])
     rng = np.random.default_rng([config.seed, 7])
-    pairs, identical = [], 0
+    pairs, identical, indecisive = [], 0, 0
     for i, p in enumerate(prompts):
         a, b = outputs[2 * i], outputs[2 * i + 1]
         if a.strip() == b.strip() or not a.strip() or not b.strip():
             identical += 1
             continue
         r_a, r_b = float(scores[2 * i]), float(scores[2 * i + 1])
+        if abs(r_a - r_b) < config.min_margin:
+            indecisive += 1
+            continue
         a_wins = bradley_terry_label(r_a, r_b, temperature=config.label_noise, rng=rng)
         chosen, rejected, margin = (a, b, r_a - r_b) if a_wins else (b, a, r_b - r_a)
         pairs.append(PreferencePair(p.prompt, chosen, rejected, p.domain, gold_margin=margin))
-    return pairs, identical
+    return pairs, identical, indecisive
 
 
 def build_records(config: SentimentConfig, domains: Sequence[str] | None = None) -> SentimentBuild:
@@ -118,11 +180,12 @@ def build_records(config: SentimentConfig, domains: Sequence[str] | None = None)
     from metapl.models.pretrained import load_pretrained
 
     t0 = time.perf_counter()
-    need = config.prompts_per_domain + config.pairs_per_domain
+    need = {split: config.prompts_per_domain + config.pairs_for(split) for split in ("train", "heldout")}
     found, excluded = {}, {}
     for name in domains or corpus_domains():
-        ps = domain_prompts(name, seed=config.seed, words=config.prompt_words, max_prompts=need)
-        if len(ps) < need:
+        n = need["train" if name in TRAIN_DOMAINS else "heldout"]
+        ps = domain_prompts(name, seed=config.seed, words=config.prompt_words, max_prompts=n)
+        if len(ps) < n:
             excluded[name] = len(ps)
         else:
             found[name] = ps
@@ -133,12 +196,25 @@ def build_records(config: SentimentConfig, domains: Sequence[str] | None = None)
     if excluded:
         _log(f"excluded (too few usable prompts for {need}): " + ", ".join(f"{d} ({n})" for d, n in excluded.items()))
     judge, model = VaderJudge(), load_pretrained(config.model)
-    prompts, pairs, identical = {}, {}, 0
+    targets = domain_targets(train, heldout, config.seed) if config.targets else {}
+    if targets:  # every prompt of a domain states its target
+        found = {d: [PromptExample(tag_prompt(p.prompt, targets[d]), d, p.reference) for p in ps]
+                 for d, ps in found.items()}
+    prompts, pairs, identical, indecisive = {}, {}, 0, 0
     for split, names in (("train", train), ("heldout", heldout)):
-        # The first pairs_per_domain openings of a domain seed its pairs; the rest form its prompt set.
-        source = [p for d in names for p in found[d][: config.pairs_per_domain]]
-        prompts[split] = [p for d in names for p in found[d][config.pairs_per_domain:]]
+        # The first pairs_for(split) openings of a domain seed its pairs; the rest form its prompt set.
+        k = config.pairs_for(split)
+        source = [p for d in names for p in found[d][:k]]
+        prompts[split] = [p for d in names for p in found[d][k:]]
         _log(f"{split}: {len(names)} domains; sampling pairs for {len(source)} prompts")
-        pairs[split], n = sample_pairs(source, config, judge, model=model)
+        gold = None
+        if targets:
+            sign = np.repeat([targets[p.domain] for p in source], 2)  # two continuations per prompt
+
+            def gold(texts, outputs, sign=sign):
+                return sign * judge.score([untag(x) + y for x, y in zip(texts, outputs)])
+        pairs[split], n, m = sample_pairs(source, config, judge, model=model, gold=gold)
         identical += n
-    return SentimentBuild(prompts, pairs, train, heldout, excluded, identical, time.perf_counter() - t0)
+        indecisive += m
+    return SentimentBuild(prompts, pairs, train, heldout, excluded, identical, time.perf_counter() - t0,
+                          indecisive, targets)

@@ -173,7 +173,8 @@ def synthetic_from_metadata(metadata: dict) -> SyntheticDomains:
 
 
 def build_sentiment(data_dir: str | Path, config=None, *, overwrite: bool = False) -> dict[str, Path]:
-    """Build `sentiment_domains` (samples the embedded policy: minutes on CPU; reused once built)."""
+    """Build `sentiment_domains`, or `sentiment_targets` when config.targets (samples the embedded policy:
+    minutes on CPU; reused once built)."""
     import functools
 
     from metapl.data import sentiment
@@ -186,10 +187,14 @@ def build_sentiment(data_dir: str | Path, config=None, *, overwrite: bool = Fals
 
     def report():
         b = made()
-        return {"identical_pairs_discarded": b.identical, "excluded_domains": b.excluded,
-                "train_domains": b.train_domains, "heldout_domains": b.heldout_domains,
-                "build_seconds": round(b.seconds, 1)}
+        return {"identical_pairs_discarded": b.identical, "indecisive_pairs_discarded": b.indecisive,
+                "excluded_domains": b.excluded, "train_domains": b.train_domains,
+                "heldout_domains": b.heldout_domains, "targets": b.targets, "build_seconds": round(b.seconds, 1)}
 
+    if config.targets:
+        return build("sentiment_targets", "Sentiment generation towards a per-domain target direction that every "
+                     "prompt states, on real text, judged by VADER (metapl.data.sentiment).", data_dir, splits,
+                     dataclasses.asdict(config), overwrite=overwrite, report=report)
     return build("sentiment_domains", "Controlled sentiment generation on real text, judged by VADER "
                  "(metapl.data.sentiment).", data_dir, splits, dataclasses.asdict(config), overwrite=overwrite,
                  report=report)

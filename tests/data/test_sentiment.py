@@ -35,7 +35,83 @@ def test_pairs_follow_the_judge_without_label_noise(monkeypatch):
     model = type("M", (), {"params": None, "config": None, "tokenizer": None})()
     prompts = [PromptExample(f"prompt {i}", "d") for i in range(3)]
     config = sentiment.SentimentConfig(label_noise=0.0, batch_size=6)
-    pairs, identical = sentiment.sample_pairs(prompts, config, _Scripted(), model=model)
-    assert identical == 1  # " same" twice is not a pair, and is counted
+    pairs, identical, indecisive = sentiment.sample_pairs(prompts, config, _Scripted(), model=model)
+    assert identical == 1 and indecisive == 0  # " same" twice is not a pair, and is counted
     assert [(p.chosen, p.rejected) for p in pairs] == [(" much better", " good"), (" bb", " a")]
     assert pairs[0].gold_margin == pytest.approx((len("prompt 0 much better") - len("prompt 0 good")) / 100)
+
+
+def test_targets_are_balanced_stated_in_the_prompt_and_sign_the_gold_reward():
+    from metapl.data.judges import VaderJudge
+
+    train, heldout = [f"t{i}" for i in range(12)], [f"h{i}" for i in range(29)]
+    targets = sentiment.domain_targets(train, heldout, seed=0)
+    assert sum(targets[d] == 1 for d in train) == 6 and sum(targets[d] == 1 for d in heldout) == 15
+    assert targets != sentiment.domain_targets(train, heldout, seed=1)  # the draw follows the seed
+    tagged = sentiment.tag_prompt("The weather today", -1)
+    assert tagged == "[tone: negative] The weather today" and sentiment.untag(tagged) == "The weather today"
+    assert sentiment.untag("no tag here") == "no tag here"
+    judge = VaderJudge()
+    good, bad = " is wonderful and lovely.", " is horrible and sad."
+    plus = sentiment.target_gold(judge, 1, [tagged, tagged], [good, bad])
+    minus = sentiment.target_gold(judge, -1, [tagged, tagged], [good, bad])
+    # the tag is not judged: the score is VADER of the opening + response, signed by the target
+    assert plus[0] == pytest.approx(judge.score(["The weather today" + good])[0])
+    np.testing.assert_allclose(minus, -plus)
+    assert plus[0] > 0 > plus[1]
+
+
+def test_pairs_below_the_minimum_margin_are_dropped_and_counted(monkeypatch):
+    replies = iter([" good", " much better", " aaaa", " aaab", " a", " bbbbbbbbbbbb"])
+    monkeypatch.setattr("metapl.models.sampling.generate_text",
+                        lambda *a, **k: [next(replies) for _ in a[3]])
+    monkeypatch.setattr("metapl.models.sampling.default_stop_ids", lambda tok: ())
+    model = type("M", (), {"params": None, "config": None, "tokenizer": None})()
+    prompts = [PromptExample(f"prompt {i}", "d") for i in range(3)]
+    config = sentiment.SentimentConfig(label_noise=0.0, batch_size=6, min_margin=0.05)
+    negated = lambda texts, outputs: -np.asarray([len(y) / 100 for y in outputs])  # noqa: E731
+    pairs, identical, indecisive = sentiment.sample_pairs(prompts, config, _Scripted(), model=model, gold=negated)
+    assert (identical, indecisive) == (0, 1)  # " aaaa" vs " aaab": margin 0 < 0.05
+    assert [(p.chosen, p.rejected) for p in pairs] == [(" good", " much better"), (" a", " bbbbbbbbbbbb")]
+    assert pairs[1].gold_margin == pytest.approx(0.11)
+    with pytest.raises(ValueError, match="min_margin"):
+        sentiment.SentimentConfig(min_margin=-0.1)
+
+
+def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_target(tmp_path):
+    from metapl.data import DataError
+    from metapl.data.benchmarks import DataSpec, load_benchmark
+    from metapl.data.judges import VaderJudge
+    from metapl.data.schemas import PreferencePair
+    from metapl.data.tfds_builders import build
+    from tests.gguf_fixture import tiny_tokenizer
+
+    targets = {"t/a": 1, "t/b": -1, "h/c": -1}
+    tag = {d: sentiment.TARGET_TAGS[t] for d, t in targets.items()}
+    records = {
+        "pairs": {"train": [PreferencePair(f"{tag[d]} It was", " great", " bad", d, 0.5) for d in ("t/a", "t/b")],
+                  "heldout": [PreferencePair(f"{tag['h/c']} It was", " bad", " great", "h/c", 0.5)]},
+        "prompts": {"train": [PromptExample(f"{tag[d]} {x}", d) for d in ("t/a", "t/b")
+                              for x in ("We saw", "They said")],
+                    "heldout": [PromptExample(f"{tag['h/c']} We saw", "h/c")] * 2},
+    }
+    build("sentiment_targets", "test build", tmp_path, lambda kind: records[kind],
+          {"targets": targets, "train_domains": ["t/a", "t/b"], "heldout_domains": ["h/c"]})
+    bench = load_benchmark(DataSpec(benchmark="sentiment_targets", data_dir=str(tmp_path), eval_fraction=0.0),
+                           tiny_tokenizer())
+    assert bench.targets == targets and len(bench.train_pairs) == 2
+    vader = VaderJudge()
+    for d, t in targets.items():
+        assert bench.gold(d, f"{tag[d]} It was", " great") == pytest.approx(t * vader.score(["It was great"])[0])
+    split = bench.domain_split("heldout", 2)
+    assert list(split) == ["h/c"] and len(split["h/c"][0]) == 2 and split["h/c"][1][0].chosen == " bad"
+    with pytest.raises(DataError, match="unread by training"):  # eval_prompts (64) reads every prompt here
+        bench.domain_split("validation", 1)
+    narrow = load_benchmark(DataSpec(benchmark="sentiment_targets", data_dir=str(tmp_path), eval_fraction=0.0,
+                                     eval_prompts=1), tiny_tokenizer())
+    val = narrow.domain_split("validation", 1)
+    assert sorted(val) == ["t/a", "t/b"] and all(len(v[0]) == 1 and v[0][0].domain == d for d, v in val.items())
+    assert not {(v[0][0].domain, v[0][0].prompt) for v in val.values()} & {(p.domain, p.prompt)
+                                                                          for p in narrow.eval_prompts}
+    with pytest.raises(DataError, match="unknown domain"):
+        bench.gold("x/y", "p", "r")
