@@ -1,35 +1,38 @@
 """The evidence study of experiments/PROTOCOL.md: when does a meta-learned reward model beat pooled Bradley–Terry
-on held-out domains? One cell per mechanism of `mechanism_domains`, every method on the same pairs, prompts,
-reference samples and keys, three training seeds, settings tuned on validation prompts of the meta-train domains.
+on held-out domains? Every method on the same pairs, prompts, reference samples and keys, several training seeds,
+settings tuned on validation prompts of the meta-train domains. Two studies: `SYNTHETIC` (one cell per mechanism
+of mechanism_domains) and `SENTIMENT` (real text, sentiment_targets with SmolLM2-135M + LoRA); `MINIATURE` runs
+the pipeline on a tiny model in a couple of minutes.
 
     python experiments/evidence.py --cell off            # one cell (H0); resumable: finished stages are reused
     python experiments/evidence.py --cell attributes --cell behaviour
-    python experiments/evidence.py --all                 # every cell, then the summary across cells
-    python experiments/evidence.py --summary             # rebuild the summary from the finished cells
+    python experiments/evidence.py --all                 # every cell of the synthetic study
     python experiments/evidence.py --regime attributes   # H4: the cell's trained RMs over solver K and β
+    python experiments/evidence.py --cell sentiment_targets   # H5 (a sentiment_targets build in runs/data)
 
 A cell runs these stages, each written to disk before the next and skipped when its file exists:
 1. train, per seed: the Bradley–Terry RM (`rm`), the meta-learned RM (`meta`, projected inner solver), with
-   --onpolicy also the on-policy inner solver (`meta_onpolicy`), and DPO on the pooled pairs for each β of
-   DPO_BETAS;
+   --onpolicy also the on-policy inner solver (`meta_onpolicy`), and DPO on the pooled pairs for each β of the
+   study's `dpo_betas`;
 2. tune on the validation split (`metapl.meta.tuning`, which refuses the held-out split): each reward model's
-   meta-test solver (β x lr of SOLVER_GRID, K fixed to the training K) and the gold oracle's; DPO's β;
+   meta-test solver over the study's `solver_grid` and the gold oracle's; DPO's β;
 3. measure on the held-out domains with the tuned settings: meta-test of every reward model and of the oracle,
    policy test of DPO;
 4. report: paired per-domain differences against BT with two-level bootstrap intervals (seeds, then domains),
    head-to-head win rates, RM pair accuracy; JSON + markdown + PNG in experiments/results/evidence/.
 
 --regime CELL (after the cell) meta-tests the cell's BT and meta-learned reward models on the held-out domains at
-every (K, β) of REGIME_GRID with the same lr, and reports meta − BT at each: a sweep reported whole, not a
-choice, so it does not feed back into any tuned setting.
+every (K, β) of REGIME_STEPS x REGIME_BETAS with the same lr, and reports meta − BT at each: a sweep reported
+whole, not a choice, so it does not feed back into any tuned setting.
 
-Run directories go under --out (default runs/evidence). Timing on the 2-core CPU machine: about 15 minutes per
-cell without --onpolicy.
+Run directories go under --out (default runs/evidence). Timing on the 2-core CPU machine: about 18 minutes per
+synthetic cell without --onpolicy; the sentiment cell takes hours per seed (resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -39,30 +42,75 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "evidence"
 
-# The cells: each is the benchmark's knobs on top of mechanism_domains (64 domains, 24 held out).
-CELLS = {
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A study's cells and fixed settings (PROTOCOL.md, amendment 1): what every cell trains, tunes and measures.
+    `config`: a run config file under experiments/configs all runs start from (None: the built-in defaults)."""
+
+    name: str
+    cells: dict  # name -> (benchmark knobs, description)
+    seeds: tuple = (0, 1, 2)
+    rm_steps: int = 150  # both reward models (as in experiments/meta_vs_bt.py)
+    meta_steps: int = 150
+    dpo_steps: int = 200
+    common: tuple = ("data.benchmark=mechanism_domains", "optim.learning_rate=0.001")
+    rm: tuple = ("data.batch_size=16",)
+    meta: tuple = ("meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=4", "meta.inner_lr=0.02",
+                   "meta.beta=0.5", "meta.beta_out=1.0", "meta.domains_per_episode=4", "meta.support_prompts=8",
+                   "meta.samples_per_prompt=4", "meta.query_pairs=8", "meta.feedback_budget=64")
+    dpo: tuple = ("data.batch_size=8", "optim.max_grad_norm=1.0")
+    dpo_betas: tuple = (0.1, 0.5)
+    solver_steps: int = 4  # the meta-trained K; H4 (the regime sweep) varies it
+    solver_grid: tuple = tuple({"steps": 4, "beta": beta, "lr": lr} for beta in (0.1, 0.3, 1.0) for lr in (0.02, 0.05))
+    test: dict = dataclasses.field(default_factory=lambda: {
+        "prompts": 16, "eval_prompts": 32, "samples_per_prompt": 4, "seed": 0, "bootstrap": 2000})
+    config: str | None = None
+
+
+# The cells of mechanism_domains (64 domains, 24 held out): each is the benchmark's knobs.
+SYNTHETIC = Study("synthetic", {
     "off": ([], "every mechanism off (= synthetic_domains): H0"),
     "attributes": (["data.mechanisms.attributes=2"], "A: two domain attributes spelt in the prompt: H1"),
     "behaviour": (["data.mechanisms.behaviour_shift=2.0"], "B: pairs from a behaviour policy (shift 2.0): H2"),
     "budget16": (["data.synthetic.pairs_per_domain=16"], "C: 16 labelled pairs per domain: H3"),
     "budget4": (["data.synthetic.pairs_per_domain=4"], "C: 4 labelled pairs per domain: H3"),
-}
-SEEDS = (0, 1, 2)
-STEPS = 150  # reward models (as in experiments/meta_vs_bt.py)
-DPO_STEPS = 200
-COMMON = ["data.benchmark=mechanism_domains", "optim.learning_rate=0.001"]
-RM = ["data.batch_size=16"]
-META = ["meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=4", "meta.inner_lr=0.02",
-        "meta.beta=0.5", "meta.beta_out=1.0", "meta.domains_per_episode=4", "meta.support_prompts=8",
-        "meta.samples_per_prompt=4", "meta.query_pairs=8", "meta.feedback_budget=64"]
-DPO = ["data.batch_size=8", "optim.max_grad_norm=1.0"]
-DPO_BETAS = (0.1, 0.5)
-SOLVER_STEPS = 4  # the meta-trained K; H4 (the regime sweep) varies it
-SOLVER_GRID = [{"steps": SOLVER_STEPS, "beta": beta, "lr": lr} for beta in (0.1, 0.3, 1.0) for lr in (0.02, 0.05)]
+})
+# Real text (H5): sentiment_targets with SmolLM2-135M + LoRA. The build it reads (runs/data):
+#   metapl data build sentiment_targets --data-dir runs/data --pairs-per-domain 230 --heldout-pairs-per-domain 16 \
+#       --prompts-per-domain 32 --min-margin 0.05
+SENTIMENT = Study(
+    "sentiment", {"sentiment_targets": ([], "real text, each domain wants the tone its prompts state: H5")},
+    rm_steps=260, meta_steps=100, dpo_steps=260,
+    common=("data.benchmark=sentiment_targets", "data.data_dir=runs/data", "data.max_prompt_tokens=40",
+            "data.max_response_tokens=24", "data.batch_size=8", "data.eval_fraction=0.1", "data.eval_prompts=16",
+            "model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,v]",
+            "optim.learning_rate=0.001"),
+    rm=(), dpo=(), dpo_betas=(0.1,),
+    meta=("meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=2", "meta.inner_lr=0.05",
+          "meta.beta=0.5", "meta.beta_out=1.0", "meta.domains_per_episode=2", "meta.support_prompts=2",
+          "meta.samples_per_prompt=4", "meta.support_pool=8", "meta.query_pairs=4", "meta.feedback_budget=1000"),
+    solver_steps=2, solver_grid=tuple({"steps": 2, "beta": beta, "lr": 0.05} for beta in (0.3, 1.0)),
+    test={"prompts": 2, "eval_prompts": 8, "samples_per_prompt": 4, "seed": 0, "bootstrap": 2000,
+          "domains_per_batch": 2})
+# The pipeline end to end in a couple of minutes (tests/slow/test_evidence_miniature.py): tiny model and benchmark.
+MINIATURE = Study(
+    "miniature", {"attributes": (["data.mechanisms.attributes=2"], "miniature of cell A")}, seeds=(0, 1),
+    rm_steps=3, meta_steps=2, dpo_steps=3,
+    common=("data.benchmark=mechanism_domains", "data.synthetic.num_domains=12", "data.synthetic.num_heldout=6",
+            "data.synthetic.pairs_per_domain=16", "model.hidden_size=16", "model.num_layers=1"),
+    meta=("meta.inner_steps=2", "meta.domains_per_episode=2", "meta.support_prompts=2", "meta.query_pairs=2",
+          "meta.support_pool=4"),
+    dpo_betas=(0.1, 0.5), solver_steps=2,
+    solver_grid=({"steps": 2, "beta": 0.3, "lr": 0.05}, {"steps": 2, "beta": 1.0, "lr": 0.05}),
+    test={"prompts": 2, "eval_prompts": 3, "samples_per_prompt": 2, "seed": 0, "bootstrap": 200,
+          "domains_per_batch": 2})
+STUDIES = {s.name: s for s in (SYNTHETIC, SENTIMENT, MINIATURE)}
+CELLS = {cell: study for study in STUDIES.values() for cell in study.cells if study is not MINIATURE}
 REGIME_STEPS = (1, 2, 4, 8, 16)
 REGIME_BETAS = (0.1, 0.3, 1.0)
 REGIME_LR = 0.02
-TEST = {"prompts": 16, "eval_prompts": 32, "samples_per_prompt": 4, "seed": 0, "bootstrap": 2000}
+LONG_STEPS, LONG_LR = (16, 64), 0.1  # amendment 2: a solver that moves the policy further
 
 
 def log(msg: str) -> None:
@@ -82,7 +130,7 @@ def write_json(path: Path, payload) -> None:
 
 # ------------------------------------------------------------------------------------------------------ train
 
-def trained(run_dir: Path, algo: str, overrides: list[str], steps: int) -> Path:
+def trained(run_dir: Path, algo: str, overrides: list[str], steps: int, config: str | None = None) -> Path:
     """Train (or finish) a run; a run whose last checkpoint is at `steps` is reused."""
     from metapl.runs import prepare_run_dir, train
     from metapl.train.checkpoints import checkpoint_manager
@@ -91,51 +139,55 @@ def trained(run_dir: Path, algo: str, overrides: list[str], steps: int) -> Path:
         return run_dir
     resume = (run_dir / "config.yaml").exists()
     args = [f"algo={algo}", f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", *overrides]
-    cfg = prepare_run_dir(run_dir, None, [] if resume else args, resume=resume)
+    config = str(Path(__file__).resolve().parents[1] / config) if config and not resume else None
+    cfg = prepare_run_dir(run_dir, config, [] if resume else args, resume=resume)
     t0 = time.perf_counter()
     train(run_dir, cfg, resume=resume, progress=False)
     log(f"trained {run_dir} ({time.perf_counter() - t0:.0f} s)")
     return run_dir
 
 
-def train_cell(cell: str, root: Path, onpolicy: bool) -> dict[str, list[Path]]:
-    knobs = CELLS[cell][0]
+def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str, list[Path]]:
+    knobs = study.cells[cell][0]
     runs: dict[str, list[Path]] = {}
-    for seed in SEEDS:
-        base = [*COMMON, *knobs, f"seed={seed}"]
-        runs.setdefault("bt", []).append(trained(root / "bt" / f"seed{seed}", "rm", base + RM, STEPS))
-        runs.setdefault("meta", []).append(trained(root / "meta" / f"seed{seed}", "meta", base + META, STEPS))
+
+    def add(method, algo, overrides, steps, seed):
+        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps, study.config))
+
+    for seed in study.seeds:
+        base = [*study.common, *knobs, f"seed={seed}"]
+        add("bt", "rm", base + list(study.rm), study.rm_steps, seed)
+        add("meta", "meta", base + list(study.meta), study.meta_steps, seed)
         if onpolicy:
-            runs.setdefault("meta_onpolicy", []).append(trained(
-                root / "meta_onpolicy" / f"seed{seed}", "meta", base + META + ["meta.inner_solver=onpolicy"], STEPS))
-        for beta in DPO_BETAS:
-            runs.setdefault(f"dpo_beta{beta}", []).append(trained(
-                root / f"dpo_beta{beta}" / f"seed{seed}", "dpo", base + DPO + [f"loss.beta={beta}"], DPO_STEPS))
+            add("meta_onpolicy", "meta", base + list(study.meta) + ["meta.inner_solver=onpolicy"], study.meta_steps,
+                seed)
+        for beta in study.dpo_betas:
+            add(f"dpo_beta{beta}", "dpo", base + list(study.dpo) + [f"loss.beta={beta}"], study.dpo_steps, seed)
     return runs
 
 
 # ------------------------------------------------------------------------------------------------------- tune
 
-def tuned(cell_root: Path, runs: dict[str, list[Path]]) -> dict:
+def tuned(study: Study, cell_root: Path, runs: dict[str, list[Path]]) -> dict:
     """The validation-chosen setting of every method (stage 2); tuning.json caches it."""
     from metapl.meta.tuning import tune_solver
     from metapl.runs import MetaTestConfig, policy_test
 
     path = cell_root / "tuning.json"
     done = read_json(path) or {}
-    test = MetaTestConfig(**TEST)
+    test = MetaTestConfig(**study.test)
     reward_models = [m for m in runs if not m.startswith("dpo")]
     for method in reward_models + ["gold"]:
         if method in done:
             continue
         source = runs["bt"] if method == "gold" else runs[method]
-        trial = MetaTestConfig(**TEST, reward="gold" if method == "gold" else "model")
-        log(f"tuning {method} on the validation split ({len(SOLVER_GRID)} settings x {len(source)} seeds)")
-        done[method] = tune_solver(source, SOLVER_GRID, trial, progress=False)
+        trial = MetaTestConfig(**study.test, reward="gold" if method == "gold" else "model")
+        log(f"tuning {method} on the validation split ({len(study.solver_grid)} settings x {len(source)} seeds)")
+        done[method] = tune_solver(source, list(study.solver_grid), trial, progress=False)
         write_json(path, done)
     if "dpo" not in done:
         table = []
-        for beta in DPO_BETAS:
+        for beta in study.dpo_betas:
             per_run = [policy_test(r, "validation", test, write=False)["gold_adapted"]["mean"]
                        for r in runs[f"dpo_beta{beta}"]]
             table.append({"setting": {"loss.beta": beta}, "per_run": per_run, "mean": float(np.mean(per_run))})
@@ -148,13 +200,11 @@ def tuned(cell_root: Path, runs: dict[str, list[Path]]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- measure
 
-def measured(cell_root: Path, runs: dict[str, list[Path]], tuning: dict) -> dict[str, list[dict]]:
+def measured(study: Study, cell_root: Path, runs: dict[str, list[Path]], tuning: dict) -> dict[str, list[dict]]:
     """Held-out results per method and seed (stage 3), with the tuned settings; heldout/<method>.json caches."""
-    import dataclasses
-
     from metapl.runs import MetaTestConfig, meta_test, policy_test
 
-    test = MetaTestConfig(**TEST)
+    test = MetaTestConfig(**study.test)
     out = {}
     for method, choice in tuning.items():
         path = cell_root / "heldout" / f"{method}.json"
@@ -183,10 +233,14 @@ LABELS = {"bt": "Bradley–Terry RM", "meta": "meta-learned RM (projected)",
 
 
 def domain_kinds(bt_run: Path) -> dict[str, str | None]:
+    """Held-out domain -> its kind: interpolation / extrapolation (mechanism_domains with attributes), the
+    target tone (sentiment_targets), else None."""
     from metapl.runs import read_run_config
     from metapl.train.spec import build_model_and_benchmark
 
     bench = build_model_and_benchmark(read_run_config(bt_run))[2]
+    if hasattr(bench, "targets"):
+        return {d: f"wants {'positive' if t > 0 else 'negative'}" for d, t in bench.targets.items()}
     return {d: bench.domains.heldout_kind(d) for d in bench.domains.heldout_domains}
 
 
@@ -206,7 +260,8 @@ def per_domain(results: list[dict], key: str) -> np.ndarray:
     return np.asarray([[r[key] for r in res["per_domain"]] for res in results], dtype=float)
 
 
-def cell_report(cell: str, results: dict[str, list[dict]], tuning: dict, kinds: dict, command: str) -> dict:
+def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning: dict, kinds: dict,
+                command: str) -> dict:
     from metapl.eval import two_level_interval
 
     bt = per_domain(results["bt"], "gold_adapted")
@@ -236,11 +291,10 @@ def cell_report(cell: str, results: dict[str, list[dict]], tuning: dict, kinds: 
                                for name, mask in subsets.items()}
             row["win_rate_vs_bt"] = two_level_interval(head_to_head(res, results["bt"]))
         methods[method] = row
-    return {"cell": cell, "description": CELLS[cell][1], "knobs": CELLS[cell][0], "seeds": list(SEEDS),
-            "heldout_domains": domains, "domain_kinds": kinds, "methods": methods, "tuning": tuning,
-            "command": command,
-            "settings": {"common": COMMON, "rm": RM, "meta": META, "dpo": DPO, "steps": STEPS,
-                         "dpo_steps": DPO_STEPS, "solver_grid": SOLVER_GRID, "dpo_betas": DPO_BETAS, "test": TEST}}
+    return {"cell": cell, "study": study.name, "description": study.cells[cell][1], "knobs": study.cells[cell][0],
+            "seeds": list(study.seeds), "heldout_domains": domains,
+            "domain_kinds": {d: kinds.get(d) for d in domains}, "methods": methods, "tuning": tuning,
+            "command": command, "settings": dataclasses.asdict(study) | {"cells": None}}
 
 
 def _ci(s: dict, signed: bool = False) -> str:
@@ -263,7 +317,7 @@ def cell_markdown(report: dict) -> str:
     lines = [
         f"# Evidence cell `{report['cell']}`: {report['description']}",
         "",
-        f"mechanism_domains with {', '.join(report['knobs']) or 'no knob set'}; {len(report['heldout_domains'])} "
+        f"{report['study']} study, {', '.join(report['knobs']) or 'no knob set'}; {len(report['heldout_domains'])} "
         f"held-out domains, seeds {report['seeds']}. Every method's settings were chosen on the validation split "
         "(meta-train domains, prompts no training run reads); intervals are 95% two-level bootstrap (seeds, then "
         "domains).",
@@ -283,8 +337,7 @@ def cell_markdown(report: dict) -> str:
               "|---|---|---|---|---|"]
     for k in order[1:]:
         for subset, s in m[k]["minus_bt"].items():
-            lines.append(f"| {LABELS[k]} | {subset} | {_ci(s, True)} | {s['wins_per_seed']} of "
-                         f"{s['domains'] if subset == 'all' else '-'} | "
+            lines.append(f"| {LABELS[k]} | {subset} | {_ci(s, True)} | {s['wins_per_seed']} of {s['domains']} | "
                          f"{_ci(m[k]['win_rate_vs_bt']) if subset == 'all' else ''} |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
@@ -312,109 +365,132 @@ def cell_plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_cell(cell: str, out: Path, onpolicy: bool, command: str) -> dict:
+def run_cell(study: Study, cell: str, out: Path, onpolicy: bool, command: str, results: Path = RESULTS) -> dict:
     root = out / cell
     t0 = time.perf_counter()
-    runs = train_cell(cell, root, onpolicy)
-    tuning = tuned(root, runs)
-    results = measured(root, runs, tuning)
-    report = cell_report(cell, results, tuning, domain_kinds(runs["bt"][0]), command)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"{cell}.json", report)
-    (RESULTS / f"{cell}.md").write_text(cell_markdown(report))
-    cell_plot(report, RESULTS / f"{cell}.png")
-    log(f"cell {cell} done in {time.perf_counter() - t0:.0f} s: {RESULTS / cell}.md")
+    runs = train_cell(study, cell, root, onpolicy)
+    tuning = tuned(study, root, runs)
+    measurements = measured(study, root, runs, tuning)
+    report = cell_report(study, cell, measurements, tuning, domain_kinds(runs["bt"][0]), command)
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / f"{cell}.json", report)
+    (results / f"{cell}.md").write_text(cell_markdown(report))
+    cell_plot(report, results / f"{cell}.png")
+    log(f"cell {cell} done in {time.perf_counter() - t0:.0f} s: {results / cell}.md")
     return report
 
 
-def run_regime(cell: str, out: Path) -> dict:
-    """H4: meta − BT over the solver's K and β (held-out domains, every seed); regime_<cell>.{json,md,png}."""
-    import dataclasses
+def regime_grid() -> list[tuple[int, float, float]]:
+    """(K, β, lr): the registered sweep (amendment 1) and the longer, faster one added by amendment 2."""
+    return [(k, beta, REGIME_LR) for k in REGIME_STEPS for beta in REGIME_BETAS] + \
+        [(k, beta, LONG_LR) for k in LONG_STEPS for beta in REGIME_BETAS]
 
+
+def run_regime(study: Study, cell: str, out: Path, results: Path = RESULTS, grid: list | None = None) -> dict:
+    """H4: BT, meta and the gold oracle over the solver's K, β and lr (held-out domains, every seed), meta − BT and
+    oracle − BT at each; regime_<cell>.{json,md,png}."""
     from metapl.eval import two_level_interval
     from metapl.runs import MetaTestConfig, meta_test
 
     root = out / cell
-    runs = {m: [root / m / f"seed{s}" for s in SEEDS] for m in ("bt", "meta")}
+    runs = {m: [root / m / f"seed{s}" for s in study.seeds] for m in ("bt", "meta")}
     missing = [str(r) for rs in runs.values() for r in rs if not (r / "config.yaml").exists()]
     if missing:
         raise SystemExit(f"run the cell first (python experiments/evidence.py --cell {cell}); missing {missing}")
     cache = root / "regime.json"
     done = read_json(cache) or {}
     rows = []
-    for k in REGIME_STEPS:
-        for beta in REGIME_BETAS:
-            key = f"K={k},beta={beta}"
-            if key not in done:
-                log(f"regime {cell}: {key}")
-                test = dataclasses.replace(MetaTestConfig(**TEST), steps=k, beta=beta, lr=REGIME_LR)
-                done[key] = {m: [meta_test(r, "heldout", test, write=False, progress=False)["per_domain"]
-                                 for r in rs] for m, rs in runs.items()}
-                write_json(cache, done)
-            gold = {m: np.asarray([[r["gold_adapted"] for r in seed] for seed in done[key][m]]) for m in runs}
-            ref = np.asarray([[r["gold_reference"] for r in seed] for seed in done[key]["bt"]])
-            rows.append({"steps": k, "beta": beta, "meta_minus_bt": two_level_interval(gold["meta"] - gold["bt"]),
-                         "bt_gain": two_level_interval(gold["bt"] - ref),
-                         "meta_gain": two_level_interval(gold["meta"] - ref)})
-    report = {"cell": cell, "description": CELLS[cell][1], "lr": REGIME_LR, "seeds": list(SEEDS), "rows": rows,
-              "trained_steps": SOLVER_STEPS, "command": f"python experiments/evidence.py --regime {cell}"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"regime_{cell}.json", report)
-    lines = [f"# Solver regime (H4), cell `{cell}`: {CELLS[cell][1]}", "",
-             f"Held-out domains, seeds {list(SEEDS)}; the projected solver at lr {REGIME_LR} for K steps with KL "
-             f"weight β, guided by each reward model (meta-trained for K = {SOLVER_STEPS}). Every setting is "
-             "reported; none is chosen here. 95% two-level bootstrap intervals.", "",
-             "| K | β | BT gain vs reference | meta gain vs reference | meta − BT |", "|---|---|---|---|---|"]
-    lines += [f"| {r['steps']} | {r['beta']} | {_ci(r['bt_gain'], True)} | {_ci(r['meta_gain'], True)} | "
-              f"{_ci(r['meta_minus_bt'], True)} |" for r in rows]
+    grid = grid or regime_grid()
+    for k, beta, lr in grid:
+        key = f"K={k},beta={beta},lr={lr}"
+        if key not in done:
+            log(f"regime {cell}: {key}")
+            test = dataclasses.replace(MetaTestConfig(**study.test), steps=k, beta=beta, lr=lr)
+            done[key] = {m: [meta_test(r, "heldout", test, write=False, progress=False)["per_domain"] for r in rs]
+                         for m, rs in runs.items()}
+            done[key]["gold"] = [meta_test(r, "heldout", dataclasses.replace(test, reward="gold"), write=False,
+                                           progress=False)["per_domain"] for r in runs["bt"]]
+            write_json(cache, done)
+        gold = {m: np.asarray([[r["gold_adapted"] for r in seed] for seed in done[key][m]]) for m in done[key]}
+        ref = np.asarray([[r["gold_reference"] for r in seed] for seed in done[key]["bt"]])
+        rows.append({"steps": k, "beta": beta, "lr": lr,
+                     "meta_minus_bt": two_level_interval(gold["meta"] - gold["bt"]),
+                     "gold_minus_bt": two_level_interval(gold["gold"] - gold["bt"]),
+                     **{f"{m}_gain": two_level_interval(gold[m] - ref) for m in ("bt", "meta", "gold")}})
+    report = {"cell": cell, "description": study.cells[cell][1], "seeds": list(study.seeds), "rows": rows,
+              "trained_steps": study.solver_steps, "command": f"python experiments/evidence.py --regime {cell}"}
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / f"regime_{cell}.json", report)
+    lines = [f"# Solver regime (H4), cell `{cell}`: {study.cells[cell][1]}", "",
+             f"Held-out domains, seeds {list(study.seeds)}; the projected solver for K steps at learning rate lr with "
+             f"KL weight β, guided by each reward model (meta-trained for K = {study.solver_steps}) and by the gold "
+             "reward (the oracle: what this solver reaches with the true reward). Every setting is reported; none is "
+             "chosen here. 95% two-level bootstrap intervals (seeds, then domains).", "",
+             "| K | lr | β | BT gain | meta gain | oracle gain | meta − BT | oracle − BT |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['steps']} | {r['lr']} | {r['beta']} | {_ci(r['bt_gain'], True)} | {_ci(r['meta_gain'], True)} | "
+              f"{_ci(r['gold_gain'], True)} | {_ci(r['meta_minus_bt'], True)} | {_ci(r['gold_minus_bt'], True)} |"
+              for r in rows]
     lines += ["", f"Command: `{report['command']}`", ""]
-    (RESULTS / f"regime_{cell}.md").write_text("\n".join(lines))
+    (results / f"regime_{cell}.md").write_text("\n".join(lines))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for j, beta in enumerate(REGIME_BETAS):
-        sel = [r for r in rows if r["beta"] == beta]
-        x = np.arange(len(sel)) + (j - 1) * 0.08
-        mean = np.asarray([r["meta_minus_bt"]["mean"] for r in sel])
-        lo = np.asarray([r["meta_minus_bt"]["ci95"][0] for r in sel])
-        hi = np.asarray([r["meta_minus_bt"]["ci95"][1] for r in sel])
-        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3, label=f"β = {beta}")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(REGIME_STEPS)), [str(k) for k in REGIME_STEPS])
-    ax.set_xlabel("meta-test solver steps K")
-    ax.set_ylabel("meta − BT gold reward")
-    ax.set_title(f"cell {cell}: solver regime (held-out domains)", fontsize=8)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=False)
+    for ax, key, title in ((axes[0], "meta_minus_bt", "meta − BT"), (axes[1], "gold_minus_bt", "oracle − BT")):
+        for j, beta in enumerate(REGIME_BETAS):
+            for lr, style in zip(sorted({g[2] for g in grid}), ("o-", "s--", "^:")):
+                sel = [r for r in rows if r["beta"] == beta and r["lr"] == lr]
+                x = np.log2([r["steps"] for r in sel]) + (j - 1) * 0.06
+                mean = np.asarray([r[key]["mean"] for r in sel])
+                lo = np.asarray([r[key]["ci95"][0] for r in sel])
+                hi = np.asarray([r[key]["ci95"][1] for r in sel])
+                ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt=style, capsize=3, color=f"C{j}",
+                            label=f"β = {beta}, lr {lr}")
+        ax.axhline(0, color="grey", lw=0.8)
+        ticks = sorted({r["steps"] for r in rows})
+        ax.set_xticks(np.log2(ticks), [str(k) for k in ticks])
+        ax.set_xlabel("meta-test solver steps K")
+        ax.set_ylabel(f"{title}, gold reward")
+        ax.set_title(f"cell {cell}: {title} (held-out domains)", fontsize=8)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"regime_{cell}.png", dpi=120)
+    fig.savefig(results / f"regime_{cell}.png", dpi=120)
     plt.close(fig)
-    log(f"regime {cell} done: {RESULTS}/regime_{cell}.md")
+    log(f"regime {cell} done: {results}/regime_{cell}.md")
     return report
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cell", action="append", choices=sorted(CELLS), default=[])
-    p.add_argument("--all", action="store_true", help="every cell")
+    p.add_argument("--all", action="store_true", help="every cell of the synthetic study")
     p.add_argument("--onpolicy", action="store_true", help="also the meta-learned RM with the on-policy inner solver")
-    p.add_argument("--regime", action="append", choices=sorted(CELLS), default=[],
+    p.add_argument("--regime", action="append", choices=sorted(SYNTHETIC.cells), default=[],
                    help="after the cell: its reward models over the solver's K and β (H4)")
+    p.add_argument("--miniature", action="store_true", help="the pipeline on a tiny model and benchmark (a test)")
     p.add_argument("--out", default="runs/evidence", help="run directories (reused when the study is re-run)")
-    args = p.parse_args()
-    cells = sorted(CELLS) if args.all else args.cell
-    if not cells and not args.regime:
-        p.error("name a --cell or a --regime, or pass --all")
+    p.add_argument("--results", default=None, help="results directory (default experiments/results/evidence)")
+    args = p.parse_args(argv)
+    cells = sorted(SYNTHETIC.cells) if args.all else args.cell
+    if not cells and not args.regime and not args.miniature:
+        p.error("name a --cell or a --regime, or pass --all or --miniature")
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
+    results = Path(args.results) if args.results else RESULTS
+    if args.miniature:
+        run_cell(MINIATURE, "attributes", Path(args.out), args.onpolicy, "python experiments/evidence.py --miniature",
+                 results)
+        run_regime(MINIATURE, "attributes", Path(args.out), results, grid=[(1, 0.3, 0.05), (2, 0.3, 0.05),
+                                                                           (2, 1.0, 0.1)])
     for cell in cells:
         command = f"python experiments/evidence.py --cell {cell}" + (" --onpolicy" if args.onpolicy else "")
-        run_cell(cell, Path(args.out), args.onpolicy, command)
+        run_cell(CELLS[cell], cell, Path(args.out), args.onpolicy, command, results)
     for cell in args.regime:
-        run_regime(cell, Path(args.out))
+        run_regime(CELLS[cell], cell, Path(args.out), results)
     return 0
 
 
