@@ -463,6 +463,113 @@ def run_regime(study: Study, cell: str, out: Path, results: Path = RESULTS, grid
     return report
 
 
+def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Two-level bootstrap means of values [S, D] (as `two_level_interval`), for differences between cells."""
+    rng = np.random.default_rng(seed)
+    s, d = values.shape
+    out = np.empty(resamples)
+    for i in range(resamples):
+        rows = values[rng.integers(0, s, size=s)]
+        out[i] = np.mean(np.take_along_axis(rows, rng.integers(0, d, size=(s, d)), axis=1))
+    return out
+
+
+def _cell_diffs(out: Path, cell: str, method: str, subset: str = "all", results: Path = RESULTS
+                ) -> np.ndarray | None:
+    """[S, D] per-domain gold differences method − BT of a finished cell (None if not measured)."""
+    heldout = out / cell / "heldout"
+    a, b = read_json(heldout / f"{method}.json"), read_json(heldout / "bt.json")
+    report = read_json(results / f"{cell}.json")
+    if a is None or b is None or report is None:
+        return None
+    kinds = report["domain_kinds"]
+    keep = [subset == "all" or kinds.get(r["domain"]) == subset for r in b[0]["per_domain"]]
+    return np.asarray([[x["gold_adapted"] - y["gold_adapted"] for x, y, k in zip(ra["per_domain"], rb["per_domain"],
+                                                                                  keep) if k]
+                       for ra, rb in zip(a, b)])
+
+
+def summary(out: Path, results: Path = RESULTS) -> dict:
+    """Per hypothesis of PROTOCOL.md: the cell(s), meta − BT with its interval, the verdict (summary.{json,md,png})."""
+    from metapl.eval import two_level_interval
+
+    def interval(cell, method="meta", subset="all"):
+        d = _cell_diffs(out, cell, method, subset, results)
+        return None if d is None else two_level_interval(d)
+
+    rows = []
+
+    def add(hypothesis, cell, subset, predicted, method="meta"):
+        s = interval(cell, method, subset)
+        if s is not None:
+            rows.append({"hypothesis": hypothesis, "cell": cell, "subset": subset, "method": method,
+                         "meta_minus_bt": s, "verdict": verdict_of(s, predicted)})
+
+    add("H0 (tie)", "off", "all", "tie", "meta_onpolicy")
+    add("H0 (projected, reported)", "off", "all", "tie")
+    add("H1a interpolation", "attributes", "interpolation", "greater")
+    add("H1b extrapolation", "attributes", "extrapolation", "greater")
+    add("H1 (on-policy)", "attributes", "all", "greater", "meta_onpolicy")
+    add("H2 behaviour shift", "behaviour", "all", "greater")
+    for cell in ("off", "budget16", "budget4"):
+        add(f"H3 budget {dict(off=64, budget16=16, budget4=4)[cell]} pairs/domain", cell, "all", "greater")
+    trend = None
+    d64, d4 = _cell_diffs(out, "off", "meta", results=results), _cell_diffs(out, "budget4", "meta", results=results)
+    if d64 is not None and d4 is not None:
+        diff = _bootstrap_means(d4, 5000, 1) - _bootstrap_means(d64, 5000, 2)
+        trend = {"mean": float(d4.mean() - d64.mean()), "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
+        rows.append({"hypothesis": "H3 trend (4 minus 64 pairs/domain)", "cell": "budget4 − off", "subset": "all",
+                     "method": "meta", "meta_minus_bt": trend, "verdict": verdict_of(trend, "greater")})
+    for cell in ("attributes", "off"):
+        regime = read_json(results / f"regime_{cell}.json")
+        if regime:
+            registered = [r for r in regime["rows"] if r["lr"] == REGIME_LR]
+            best = max(registered, key=lambda r: r["meta_minus_bt"]["ci95"][0])
+            rows.append({"hypothesis": f"H4 solver regime ({cell}; the setting with the highest lower bound)",
+                         "cell": cell, "subset": f"K={best['steps']}, β={best['beta']}", "method": "meta",
+                         "meta_minus_bt": best["meta_minus_bt"], "verdict": verdict_of(best["meta_minus_bt"],
+                                                                                      "greater")})
+    report = {"rows": rows, "command": "python experiments/evidence.py --summary"}
+    write_json(results / "summary.json", report)
+    lines = ["# Evidence summary: meta-learned RM minus Bradley–Terry, per hypothesis of PROTOCOL.md", "",
+             "Held-out gold reward of the policy each reward model guides (same solver, prompts, samples and keys), "
+             "paired per domain; 95% two-level bootstrap intervals (seeds, then domains). Verdicts by the "
+             "protocol's rule: supported when the interval excludes 0 in the predicted direction, contradicted "
+             "when it excludes 0 in the other, not supported otherwise (for the tie, supported when it contains 0).",
+             "", "| hypothesis | cell | domains | meta − BT | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r['hypothesis']} | {r['cell']} | {r['subset']} | {_ci(r['meta_minus_bt'], True)} | "
+              f"{r['verdict']} |" for r in rows]
+    lines += ["", f"Command: `{report['command']}`", ""]
+    (results / "summary.md").write_text("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for i, r in enumerate(rows):
+        s = r["meta_minus_bt"]
+        ax.errorbar([i], [s["mean"]], yerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], fmt="o",
+                    capsize=4, color={"supported": "C2", "contradicted": "C3"}.get(r["verdict"], "C0"))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(rows)), [r["hypothesis"].split(" (")[0] + f"\n{r['subset']}" for r in rows],
+                  fontsize=6, rotation=30, ha="right")
+    ax.set_ylabel("meta − BT, held-out gold reward")
+    ax.set_title("evidence by hypothesis (green: supported, red: contradicted)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "summary.png", dpi=120)
+    plt.close(fig)
+    log(f"summary: {results}/summary.md")
+    return report
+
+
+def verdict_of(s: dict, predicted: str) -> str:
+    lo, hi = s["ci95"]
+    if predicted == "tie":
+        return "supported" if lo <= 0 <= hi else "not supported"
+    return verdict(s)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cell", action="append", choices=sorted(CELLS), default=[])
@@ -470,13 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onpolicy", action="store_true", help="also the meta-learned RM with the on-policy inner solver")
     p.add_argument("--regime", action="append", choices=sorted(SYNTHETIC.cells), default=[],
                    help="after the cell: its reward models over the solver's K and β (H4)")
+    p.add_argument("--summary", action="store_true", help="the per-hypothesis summary of the finished cells")
     p.add_argument("--miniature", action="store_true", help="the pipeline on a tiny model and benchmark (a test)")
     p.add_argument("--out", default="runs/evidence", help="run directories (reused when the study is re-run)")
     p.add_argument("--results", default=None, help="results directory (default experiments/results/evidence)")
     args = p.parse_args(argv)
     cells = sorted(SYNTHETIC.cells) if args.all else args.cell
-    if not cells and not args.regime and not args.miniature:
-        p.error("name a --cell or a --regime, or pass --all or --miniature")
+    if not cells and not args.regime and not args.miniature and not args.summary:
+        p.error("name a --cell or a --regime, or pass --all, --summary or --miniature")
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
@@ -491,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         run_cell(CELLS[cell], cell, Path(args.out), args.onpolicy, command, results)
     for cell in args.regime:
         run_regime(CELLS[cell], cell, Path(args.out), results)
+    if args.summary:
+        summary(Path(args.out), results)
     return 0
 
 

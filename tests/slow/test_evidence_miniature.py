@@ -4,6 +4,7 @@ differences are the per-domain differences of the measurements, and a re-run reu
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "evidence.py"
 def _load():
     spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["evidence"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
