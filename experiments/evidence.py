@@ -74,7 +74,8 @@ SYNTHETIC = Study("synthetic", {
     "attributes": (["data.mechanisms.attributes=2"], "A: two domain attributes spelt in the prompt: H1"),
     "behaviour": (["data.mechanisms.behaviour_shift=2.0"], "B: pairs from a behaviour policy (shift 2.0): H2"),
     "budget16": (["data.synthetic.pairs_per_domain=16"], "C: 16 labelled pairs per domain: H3"),
-    "budget4": (["data.synthetic.pairs_per_domain=4"], "C: 4 labelled pairs per domain: H3"),
+    # 3 training pairs per domain: the meta run's episodes query all 3 (amendment 3); DPO has no meta section
+    "budget4": (["data.synthetic.pairs_per_domain=4", "meta.query_pairs=3"], "C: 4 labelled pairs per domain: H3"),
 })
 # Real text (H5): sentiment_targets with SmolLM2-135M + LoRA. The build it reads (runs/data):
 #   metapl data build sentiment_targets --data-dir runs/data --pairs-per-domain 230 --heldout-pairs-per-domain 16 \
@@ -161,8 +162,10 @@ def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str,
         if onpolicy:
             add("meta_onpolicy", "meta", base + list(study.meta) + ["meta.inner_solver=onpolicy"], study.meta_steps,
                 seed)
+        without_meta = [o for o in base if not o.startswith("meta.")]  # a policy run has no meta section
         for beta in study.dpo_betas:
-            add(f"dpo_beta{beta}", "dpo", base + list(study.dpo) + [f"loss.beta={beta}"], study.dpo_steps, seed)
+            add(f"dpo_beta{beta}", "dpo", without_meta + list(study.dpo) + [f"loss.beta={beta}"], study.dpo_steps,
+                seed)
     return runs
 
 
