@@ -155,17 +155,17 @@ def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str,
     def add(method, algo, overrides, steps, seed):
         runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps, study.config))
 
-    for seed in study.seeds:
-        base = [*study.common, *knobs, f"seed={seed}"]
-        add("bt", "rm", base + list(study.rm), study.rm_steps, seed)
-        add("meta", "meta", base + list(study.meta), study.meta_steps, seed)
+    policy_knobs = [k for k in knobs if not k.startswith("meta.")]  # a policy run has no meta section
+    for seed in study.seeds:  # the cell's knobs come last, so they override the study's settings
+        base = [*study.common, f"seed={seed}"]
+        add("bt", "rm", base + list(study.rm) + knobs, study.rm_steps, seed)
+        add("meta", "meta", base + list(study.meta) + knobs, study.meta_steps, seed)
         if onpolicy:
-            add("meta_onpolicy", "meta", base + list(study.meta) + ["meta.inner_solver=onpolicy"], study.meta_steps,
-                seed)
-        without_meta = [o for o in base if not o.startswith("meta.")]  # a policy run has no meta section
+            add("meta_onpolicy", "meta", base + list(study.meta) + ["meta.inner_solver=onpolicy"] + knobs,
+                study.meta_steps, seed)
         for beta in study.dpo_betas:
-            add(f"dpo_beta{beta}", "dpo", without_meta + list(study.dpo) + [f"loss.beta={beta}"], study.dpo_steps,
-                seed)
+            add(f"dpo_beta{beta}", "dpo", base + list(study.dpo) + policy_knobs + [f"loss.beta={beta}"],
+                study.dpo_steps, seed)
     return runs
 
 
