@@ -45,8 +45,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "evidence"
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """A study's cells and fixed settings (PROTOCOL.md, amendment 1): what every cell trains, tunes and measures.
-    `config`: a run config file under experiments/configs all runs start from (None: the built-in defaults)."""
+    """A study's cells and fixed settings (PROTOCOL.md, amendment 1): what every cell trains, tunes and measures;
+    every run starts from the built-in defaults and these overrides."""
 
     name: str
     cells: dict  # name -> (benchmark knobs, description)
@@ -65,7 +65,6 @@ class Study:
     solver_grid: tuple = tuple({"steps": 4, "beta": beta, "lr": lr} for beta in (0.1, 0.3, 1.0) for lr in (0.02, 0.05))
     test: dict = dataclasses.field(default_factory=lambda: {
         "prompts": 16, "eval_prompts": 32, "samples_per_prompt": 4, "seed": 0, "bootstrap": 2000})
-    config: str | None = None
 
 
 # The cells of mechanism_domains (64 domains, 24 held out): each is the benchmark's knobs.
@@ -131,7 +130,7 @@ def write_json(path: Path, payload) -> None:
 
 # ------------------------------------------------------------------------------------------------------ train
 
-def trained(run_dir: Path, algo: str, overrides: list[str], steps: int, config: str | None = None) -> Path:
+def trained(run_dir: Path, algo: str, overrides: list[str], steps: int) -> Path:
     """Train (or finish) a run; a run whose last checkpoint is at `steps` is reused."""
     from metapl.runs import prepare_run_dir, train
     from metapl.train.checkpoints import checkpoint_manager
@@ -140,8 +139,7 @@ def trained(run_dir: Path, algo: str, overrides: list[str], steps: int, config: 
         return run_dir
     resume = (run_dir / "config.yaml").exists()
     args = [f"algo={algo}", f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", *overrides]
-    config = str(Path(__file__).resolve().parents[1] / config) if config and not resume else None
-    cfg = prepare_run_dir(run_dir, config, [] if resume else args, resume=resume)
+    cfg = prepare_run_dir(run_dir, None, [] if resume else args, resume=resume)
     t0 = time.perf_counter()
     train(run_dir, cfg, resume=resume, progress=False)
     log(f"trained {run_dir} ({time.perf_counter() - t0:.0f} s)")
@@ -153,7 +151,7 @@ def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str,
     runs: dict[str, list[Path]] = {}
 
     def add(method, algo, overrides, steps, seed):
-        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps, study.config))
+        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps))
 
     policy_knobs = [k for k in knobs if not k.startswith("meta.")]  # a policy run has no meta section
     for seed in study.seeds:  # the cell's knobs come last, so they override the study's settings
@@ -173,7 +171,7 @@ def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str,
 
 def tuned(study: Study, cell_root: Path, runs: dict[str, list[Path]]) -> dict:
     """The validation-chosen setting of every method (stage 2); tuning.json caches it."""
-    from metapl.meta.tuning import tune_solver
+    from metapl.meta.tuning import best_setting, tune_solver
     from metapl.runs import MetaTestConfig, policy_test
 
     path = cell_root / "tuning.json"
@@ -194,9 +192,7 @@ def tuned(study: Study, cell_root: Path, runs: dict[str, list[Path]]) -> dict:
             per_run = [policy_test(r, "validation", test, write=False)["gold_adapted"]["mean"]
                        for r in runs[f"dpo_beta{beta}"]]
             table.append({"setting": {"loss.beta": beta}, "per_run": per_run, "mean": float(np.mean(per_run))})
-        best = max(range(len(table)), key=lambda i: (table[i]["mean"], -i))
-        done["dpo"] = {"split": "validation", "best": table[best]["setting"], "criterion": table[best]["mean"],
-                       "table": table}
+        done["dpo"] = {"split": "validation", **best_setting(table), "table": table}
         write_json(path, done)
     return done
 
@@ -249,14 +245,10 @@ def domain_kinds(bt_run: Path) -> dict[str, str | None]:
 
 def head_to_head(a: list[dict], b: list[dict]) -> np.ndarray:
     """[S, D] win rate of method a's samples over method b's (same prompts and keys per domain; ties ½)."""
-    out = []
-    for ra, rb in zip(a, b):
-        row = []
-        for x, y in zip(ra["per_domain"], rb["per_domain"]):
-            sa, sb = np.asarray(x["gold_adapted_samples"]), np.asarray(y["gold_adapted_samples"])
-            row.append(float(np.mean((sa > sb) + 0.5 * (sa == sb))))
-        out.append(row)
-    return np.asarray(out)
+    from metapl.eval import win_rate
+
+    return np.asarray([[win_rate(x["gold_adapted_samples"], y["gold_adapted_samples"])
+                        for x, y in zip(ra["per_domain"], rb["per_domain"])] for ra, rb in zip(a, b)])
 
 
 def per_domain(results: list[dict], key: str) -> np.ndarray:
@@ -466,17 +458,6 @@ def run_regime(study: Study, cell: str, out: Path, results: Path = RESULTS, grid
     return report
 
 
-def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """Two-level bootstrap means of values [S, D] (as `two_level_interval`), for differences between cells."""
-    rng = np.random.default_rng(seed)
-    s, d = values.shape
-    out = np.empty(resamples)
-    for i in range(resamples):
-        rows = values[rng.integers(0, s, size=s)]
-        out[i] = np.mean(np.take_along_axis(rows, rng.integers(0, d, size=(s, d)), axis=1))
-    return out
-
-
 def _cell_diffs(out: Path, cell: str, method: str, subset: str = "all", results: Path = RESULTS
                 ) -> np.ndarray | None:
     """[S, D] per-domain gold differences method − BT of a finished cell (None if not measured)."""
@@ -494,7 +475,7 @@ def _cell_diffs(out: Path, cell: str, method: str, subset: str = "all", results:
 
 def summary(out: Path, results: Path = RESULTS) -> dict:
     """Per hypothesis of PROTOCOL.md: the cell(s), meta − BT with its interval, the verdict (summary.{json,md,png})."""
-    from metapl.eval import two_level_interval
+    from metapl.eval import two_level_interval, two_level_means
 
     def interval(cell, method="meta", subset="all"):
         d = _cell_diffs(out, cell, method, subset, results)
@@ -519,7 +500,7 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     trend = None
     d64, d4 = _cell_diffs(out, "off", "meta", results=results), _cell_diffs(out, "budget4", "meta", results=results)
     if d64 is not None and d4 is not None:
-        diff = _bootstrap_means(d4, 5000, 1) - _bootstrap_means(d64, 5000, 2)
+        diff = two_level_means(d4, 5000, 1) - two_level_means(d64, 5000, 2)
         trend = {"mean": float(d4.mean() - d64.mean()), "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
         rows.append({"hypothesis": "H3 trend (4 minus 64 pairs/domain)", "cell": "budget4 − off", "subset": "all",
                      "method": "meta", "meta_minus_bt": trend, "verdict": verdict_of(trend, "greater")})

@@ -19,6 +19,7 @@ import numpy as np
 
 from metapl.algorithms.common import start_policy
 from metapl.config import ConfigError
+from metapl.eval.stats import win_rate
 from metapl.meta.evaluate import MetaTestConfig, prompt_batch, domain_key, summarise
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
@@ -63,9 +64,9 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         for side, weights in (("adapted", trained), ("reference", reference)):
             out = jax.device_get(sample(weights, tokens[0], mask[0], key))
             gold[side] = np.asarray(bench.gold_scores(prompts, out["tokens"][:, tp:], out["response_mask"][:, tp:]))
-        wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
-                     "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
+                     "gold_reference": float(gold["reference"].mean()),
+                     "win_rate": win_rate(gold["adapted"], gold["reference"]),
                      "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan")})

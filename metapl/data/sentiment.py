@@ -24,6 +24,7 @@ with too few prompts are excluded and listed in the build's metadata.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from typing import Sequence
@@ -98,9 +99,10 @@ def untag(prompt: str) -> str:
     return prompt
 
 
-def target_gold(judge, target: int, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """sentiment_targets' gold reward: target x VADER compound of the untagged prompt + response ([n])."""
-    return target * judge.score([untag(x) + y for x, y in zip(prompts, responses)])
+def target_gold(judge, target, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """sentiment_targets' gold reward: target (+1 / -1, one for all or one per text) x VADER compound of the
+    untagged prompt + response ([n])."""
+    return np.asarray(target) * judge.score([untag(x) + y for x, y in zip(prompts, responses)])
 
 
 def split_domains(domains: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -210,9 +212,7 @@ def build_records(config: SentimentConfig, domains: Sequence[str] | None = None)
         gold = None
         if targets:
             sign = np.repeat([targets[p.domain] for p in source], 2)  # two continuations per prompt
-
-            def gold(texts, outputs, sign=sign):
-                return sign * judge.score([untag(x) + y for x, y in zip(texts, outputs)])
+            gold = functools.partial(target_gold, judge, sign)
         pairs[split], n, m = sample_pairs(source, config, judge, model=model, gold=gold)
         identical += n
         indecisive += m

@@ -5,6 +5,9 @@
 """
 
 from metapl.eval.gold import gold_reward_of_samples
-from metapl.eval.stats import bootstrap_interval, mean_interval, paired_difference, two_level_interval
+from metapl.eval.stats import (
+    bootstrap_interval, mean_interval, paired_difference, two_level_interval, two_level_means, win_rate,
+)
 
-__all__ = ["bootstrap_interval", "gold_reward_of_samples", "mean_interval", "paired_difference", "two_level_interval"]
+__all__ = ["bootstrap_interval", "gold_reward_of_samples", "mean_interval", "paired_difference", "two_level_interval",
+           "two_level_means", "win_rate"]

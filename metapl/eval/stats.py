@@ -36,22 +36,43 @@ def paired_difference(a: dict, b: dict, resamples: int = 2000, seed: int = 0) ->
     return {"mean": float(d.mean()), "ci95": [lo, hi], "a_better": int((d > 0).sum()), "domains": len(d)}
 
 
-def two_level_interval(values, resamples: int = 5000, seed: int = 0) -> dict:
-    """values [S, D] (e.g. seeds x domains): the mean and a 95% percentile-bootstrap interval that resamples the S
-    rows with replacement and, within each drawn row, its D entries with replacement (NaN entries are dropped
-    per row). {"mean", "ci95", "seeds", "domains"}."""
+def win_rate(a, b) -> float:
+    """The fraction of paired scores where a beats b, ties counting ½ (a, b [n])."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def _finite_rows(values) -> list[np.ndarray]:
     rows = [np.asarray(r, dtype=float) for r in values]
     rows = [r[np.isfinite(r)] for r in rows]
     if not rows or any(not len(r) for r in rows):
         raise ValueError("two_level_interval: every row needs at least one finite value")
+    return rows
+
+
+def two_level_means(values, resamples: int = 5000, seed: int = 0) -> np.ndarray:
+    """[resamples] bootstrap means of values [S, D] (e.g. seeds x domains): the S rows resampled with replacement
+    and, within each drawn row, its entries with replacement (NaN entries dropped per row)."""
+    return _resampled_means(_finite_rows(values), resamples, seed)
+
+
+def _resampled_means(rows: list[np.ndarray], resamples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for i in range(resamples):
         picked = rng.integers(0, len(rows), size=len(rows))
         means[i] = np.mean([rows[j][rng.integers(0, len(rows[j]), size=len(rows[j]))].mean() for j in picked])
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    return means
+
+
+def two_level_interval(values, resamples: int = 5000, seed: int = 0) -> dict:
+    """values [S, D] (e.g. seeds x domains): the mean and the 95% percentile interval of `two_level_means`.
+    {"mean", "ci95", "seeds", "domains"}."""
+    rows = _finite_rows(values)
+    lo, hi = np.percentile(_resampled_means(rows, resamples, seed), [2.5, 97.5])
     return {"mean": float(np.mean([r.mean() for r in rows])), "ci95": [float(lo), float(hi)], "seeds": len(rows),
             "domains": int(len(rows[0]))}
 
 
-__all__ = ["bootstrap_interval", "mean_interval", "paired_difference", "two_level_interval"]
+__all__ = ["bootstrap_interval", "mean_interval", "paired_difference", "two_level_interval", "two_level_means",
+           "win_rate"]

@@ -27,8 +27,8 @@ from metapl.meta.parameters import meta_parameters
 from metapl.meta.tuning import check_tuning_split, tune_solver
 
 __all__ = ["EpisodeBatches", "MetaConfig", "MetaOptions", "MetaTestConfig", "ReferenceSamples", "RestoredReward",
-           "RewardFn", "adapt_and_sample", "agreement_outer_loss", "check_tuning_split", "domain_key", "domain_keys", "domain_problem",
-           "judge", "meta_gradient", "meta_gradient_over_shards", "meta_loss", "meta_objective",
+           "RewardFn", "adapt_and_sample", "agreement_outer_loss", "check_tuning_split", "domain_key", "domain_keys",
+           "domain_problem", "judge", "meta_gradient", "meta_gradient_over_shards", "meta_loss", "meta_objective",
            "meta_objective_over_shards", "meta_parameters", "meta_test", "onpolicy_inner_grad", "onpolicy_problem",
            "pair_accuracy", "pair_accuracy_fn", "pair_rewards", "policy_logprobs", "projected_inner_loss", "render",
            "restore_reward_model", "reward_function", "reward_pair_loss", "sample_rewards", "sample_reference",

@@ -39,7 +39,7 @@ from metapl.bilevel import inner_solve
 from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
-from metapl.eval.stats import bootstrap_interval, mean_interval
+from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import pair_rewards, reward_function, sample_rewards
 from metapl.meta.parameters import meta_parameters
@@ -256,10 +256,10 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
         prompts = domains[name][0][test.prompts:]
         gold = {side: np.asarray(bench.gold_scores(prompts, out[side]["tokens"], out[side]["response_mask"]))
                 for side in ("adapted", "reference")}
-        wins = np.mean((gold["adapted"] > gold["reference"]) + 0.5 * (gold["adapted"] == gold["reference"]))
         pairs = domains[name][1]
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
-                     "gold_reference": float(gold["reference"].mean()), "win_rate": float(wins),
+                     "gold_reference": float(gold["reference"].mean()),
+                     "win_rate": win_rate(gold["adapted"], gold["reference"]),
                      "rm_pair_accuracy": pair_accuracy(restored, pairs, accuracy_fn), "pairs": len(pairs),
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),

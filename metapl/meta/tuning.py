@@ -54,9 +54,15 @@ def tune_solver(run_dirs: Sequence[str | Path], grid: Sequence[dict], test: Meta
         if progress:
             print(f"[metapl tune] {i + 1}/{len(grid)} {setting}: validation gold {table[-1]['mean']:+.4f}",
                   file=sys.stderr, flush=True)
+    return {"split": split, **best_setting(table), "table": table, "runs": [str(r) for r in run_dirs],
+            "test": dataclasses.asdict(test)}
+
+
+def best_setting(table: Sequence[dict]) -> dict:
+    """{"best": setting, "criterion": its mean} of a tuning table ([{"setting", "mean", ...}] in order of
+    preference): the highest mean, ties to the earlier row."""
     best = max(range(len(table)), key=lambda i: (table[i]["mean"], -i))
-    return {"split": split, "best": table[best]["setting"], "criterion": table[best]["mean"], "table": table,
-            "runs": [str(r) for r in run_dirs], "test": dataclasses.asdict(test)}
+    return {"best": table[best]["setting"], "criterion": table[best]["mean"]}
 
 
-__all__ = ["SOLVER_KNOBS", "TUNING_SPLIT", "check_tuning_split", "tune_solver"]
+__all__ = ["SOLVER_KNOBS", "TUNING_SPLIT", "best_setting", "check_tuning_split", "tune_solver"]

@@ -27,13 +27,18 @@ class _Scripted:
         return np.asarray([len(t) / 100 for t in texts])
 
 
-def test_pairs_follow_the_judge_without_label_noise(monkeypatch):
-    replies = iter([" good", " much better", " same", " same", " a", " bb"])
+def _scripted_policy(monkeypatch, replies: list[str]):
+    """A stand-in model whose sampled continuations are `replies`, in order; three prompts for it."""
+    replies = iter(replies)
     monkeypatch.setattr("metapl.models.sampling.generate_text",
                         lambda *a, **k: [next(replies) for _ in a[3]])
     monkeypatch.setattr("metapl.models.sampling.default_stop_ids", lambda tok: ())
     model = type("M", (), {"params": None, "config": None, "tokenizer": None})()
-    prompts = [PromptExample(f"prompt {i}", "d") for i in range(3)]
+    return model, [PromptExample(f"prompt {i}", "d") for i in range(3)]
+
+
+def test_pairs_follow_the_judge_without_label_noise(monkeypatch):
+    model, prompts = _scripted_policy(monkeypatch, [" good", " much better", " same", " same", " a", " bb"])
     config = sentiment.SentimentConfig(label_noise=0.0, batch_size=6)
     pairs, identical, indecisive = sentiment.sample_pairs(prompts, config, _Scripted(), model=model)
     assert identical == 1 and indecisive == 0  # " same" twice is not a pair, and is counted
@@ -58,16 +63,13 @@ def test_targets_are_balanced_stated_in_the_prompt_and_sign_the_gold_reward():
     # the tag is not judged: the score is VADER of the opening + response, signed by the target
     assert plus[0] == pytest.approx(judge.score(["The weather today" + good])[0])
     np.testing.assert_allclose(minus, -plus)
+    per_text = sentiment.target_gold(judge, np.array([1, -1]), [tagged, tagged], [good, bad])  # one target each
+    np.testing.assert_allclose(per_text, [plus[0], minus[1]])
     assert plus[0] > 0 > plus[1]
 
 
 def test_pairs_below_the_minimum_margin_are_dropped_and_counted(monkeypatch):
-    replies = iter([" good", " much better", " aaaa", " aaab", " a", " bbbbbbbbbbbb"])
-    monkeypatch.setattr("metapl.models.sampling.generate_text",
-                        lambda *a, **k: [next(replies) for _ in a[3]])
-    monkeypatch.setattr("metapl.models.sampling.default_stop_ids", lambda tok: ())
-    model = type("M", (), {"params": None, "config": None, "tokenizer": None})()
-    prompts = [PromptExample(f"prompt {i}", "d") for i in range(3)]
+    model, prompts = _scripted_policy(monkeypatch, [" good", " much better", " aaaa", " aaab", " a", " bbbbbbbbbbbb"])
     config = sentiment.SentimentConfig(label_noise=0.0, batch_size=6, min_margin=0.05)
     negated = lambda texts, outputs: -np.asarray([len(y) / 100 for y in outputs])  # noqa: E731
     pairs, identical, indecisive = sentiment.sample_pairs(prompts, config, _Scripted(), model=model, gold=negated)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metapl.config import ConfigError
-from metapl.eval import two_level_interval
+from metapl.eval import two_level_interval, two_level_means, win_rate
 from metapl.meta.tuning import check_tuning_split, tune_solver
 from metapl.runs import MetaTestConfig, meta_test, policy_test, prepare_run_dir, train
 
@@ -104,3 +104,13 @@ def test_two_level_interval_by_hand_and_coverage():
     assert covered >= 48  # nominal 95%; a percentile bootstrap over 5 seeds undercovers a little
     with pytest.raises(ValueError):
         two_level_interval([[np.nan]])
+    # the interval is the percentile interval of the resampled means
+    values = rng.normal(size=(3, 8))
+    means = two_level_means(values, resamples=300, seed=4)
+    assert two_level_interval(values, resamples=300, seed=4)["ci95"] == pytest.approx(
+        np.percentile(means, [2.5, 97.5]).tolist())
+
+
+def test_win_rate_counts_ties_half():
+    assert win_rate([1.0, 2.0, 3.0], [1.0, 3.0, 0.0]) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert win_rate([0.2], [0.2]) == 0.5
