@@ -314,7 +314,7 @@ class SentimentTargetsBenchmark(SentimentBenchmark):
         from metapl.data.tfds_builders import read_metadata
 
         super().__init__(spec, tokenizer)
-        self.targets = {d: int(t) for d, t in read_metadata(self._built("pairs"))["targets"].items()}
+        self.targets = {d: int(t) for d, t in read_metadata(self._built("pairs"))["domain_targets"].items()}
 
     def gold(self, domain: str, prompt: str, response: str) -> float:
         from metapl.data.sentiment import target_gold

@@ -49,6 +49,8 @@ def add_parser(sub) -> None:
                    help="labelled pairs per held-out domain (default: --pairs-per-domain)")
     g.add_argument("--min-margin", type=float, default=0.0,
                    help="drop (and count) pairs whose gold margin is below this (the judge sees no preference)")
+    g.add_argument("--positive-fraction", type=float, default=0.5,
+                   help="sentiment_targets: share of each split's domains whose target is positive")
     b.set_defaults(func=_cmd_build)
 
     s = dsub.add_parser("show", help="print examples and per-domain counts")
@@ -98,7 +100,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             config = SentimentConfig(max_new_tokens=args.max_new_tokens, model=args.model, seed=args.seed,
                                      targets=args.name == "sentiment_targets",
                                      heldout_pairs_per_domain=args.heldout_pairs_per_domain,
-                                     min_margin=args.min_margin,
+                                     min_margin=args.min_margin, positive_fraction=args.positive_fraction,
                                      **_knobs(args, pairs_per_domain=8, prompts_per_domain=32, label_noise=0.05))
             paths = tfds_builders.build_sentiment(data_dir, config, overwrite=args.overwrite)
     except ValueError as e:
@@ -160,7 +162,7 @@ def _gold_reward(name: str, metadata: dict):
     if name == "sentiment_targets":
         from metapl.data.sentiment import target_gold
 
-        targets = metadata["targets"]
+        targets = metadata["domain_targets"]
         return lambda d, x, y: (f"gold {float(target_gold(judge, targets[d], [x], [y])[0]):+.3f} "
                                 f"(target {targets[d]:+d})")
     return lambda d, x, y: f"VADER {float(judge.score([x + y])[0]):+.3f}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 import time
 from typing import Sequence
@@ -59,6 +60,7 @@ class SentimentConfig:
     targets: bool = False
     heldout_pairs_per_domain: int | None = None  # None: pairs_per_domain
     min_margin: float = 0.0
+    positive_fraction: float = 0.5  # sentiment_targets: share of each split's domains whose target is positive
 
     def __post_init__(self):
         for name in ("pairs_per_domain", "prompts_per_domain", "max_new_tokens", "batch_size"):
@@ -68,6 +70,8 @@ class SentimentConfig:
             raise ValueError(f"heldout_pairs_per_domain must be >= 1, got {self.heldout_pairs_per_domain}")
         if not np.isfinite(self.min_margin) or self.min_margin < 0:
             raise ValueError(f"min_margin must be finite and >= 0, got {self.min_margin}")
+        if not 0.0 <= self.positive_fraction <= 1.0:  # NaN fails too
+            raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
 
     def pairs_for(self, split: str) -> int:
         """Labelled pairs per domain of a split ("train" or "heldout")."""
@@ -76,13 +80,16 @@ class SentimentConfig:
         return self.pairs_per_domain
 
 
-def domain_targets(train: Sequence[str], heldout: Sequence[str], seed: int) -> dict[str, int]:
-    """{domain: +1 or -1}: within each split, half the domains (rounded up) positive, by a seeded permutation."""
+def domain_targets(train: Sequence[str], heldout: Sequence[str], seed: int,
+                   positive_fraction: float = 0.5) -> dict[str, int]:
+    """{domain: +1 or -1}: within each split, ceil(positive_fraction x its size) domains positive, chosen by a
+    seeded permutation."""
     out = {}
     for i, names in enumerate((train, heldout)):
         order = np.random.default_rng([seed, 11, i]).permutation(len(names))
+        positive = math.ceil(round(positive_fraction * len(names), 9))
         for rank, j in enumerate(order):
-            out[names[j]] = 1 if rank < (len(names) + 1) // 2 else -1
+            out[names[j]] = 1 if rank < positive else -1
     return out
 
 
@@ -198,7 +205,7 @@ def build_records(config: SentimentConfig, domains: Sequence[str] | None = None)
     if excluded:
         _log(f"excluded (too few usable prompts for {need}): " + ", ".join(f"{d} ({n})" for d, n in excluded.items()))
     judge, model = VaderJudge(), load_pretrained(config.model)
-    targets = domain_targets(train, heldout, config.seed) if config.targets else {}
+    targets = domain_targets(train, heldout, config.seed, config.positive_fraction) if config.targets else {}
     if targets:  # every prompt of a domain states its target
         found = {d: [PromptExample(tag_prompt(p.prompt, targets[d]), d, p.reference) for p in ps]
                  for d, ps in found.items()}

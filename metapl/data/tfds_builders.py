@@ -103,9 +103,12 @@ def build(name: str, description: str, data_dir: str | Path, splits: Callable[[s
 
     metadata: the build's settings, stored with it. An existing build with the same settings is reused; one
     with other settings is an error unless `overwrite`. report(): extra facts known only after `splits` ran
-    (e.g. counts of discarded samples), stored in the metadata too.
+    (e.g. counts of discarded samples), stored in the metadata too; its keys must not repeat a setting's (the
+    reuse check compares the stored settings).
     """
     cls = make_builder_class(name, description)
+    if report is not None:
+        report = _checked_report(report, metadata)
     paths = {}
     for config in ("pairs", "prompts"):
         path = Path(data_dir) / name / config / VERSION
@@ -123,6 +126,16 @@ def build(name: str, description: str, data_dir: str | Path, splits: Callable[[s
         builder.download_and_prepare()
         paths[config] = Path(builder.data_path)
     return paths
+
+
+def _checked_report(report: Callable[[], dict], metadata: dict) -> Callable[[], dict]:
+    def checked():
+        facts = report()
+        clash = sorted(set(facts) & set(metadata))
+        if clash:
+            raise ValueError(f"the build report repeats the settings {clash}: a stored fact would replace a setting")
+        return facts
+    return checked
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -189,7 +202,7 @@ def build_sentiment(data_dir: str | Path, config=None, *, overwrite: bool = Fals
         b = made()
         return {"identical_pairs_discarded": b.identical, "indecisive_pairs_discarded": b.indecisive,
                 "excluded_domains": b.excluded, "train_domains": b.train_domains,
-                "heldout_domains": b.heldout_domains, "targets": b.targets, "build_seconds": round(b.seconds, 1)}
+                "heldout_domains": b.heldout_domains, "domain_targets": b.targets, "build_seconds": round(b.seconds, 1)}
 
     if config.targets:
         return build("sentiment_targets", "Sentiment generation towards a per-domain target direction that every "

@@ -53,6 +53,12 @@ def test_targets_are_balanced_stated_in_the_prompt_and_sign_the_gold_reward():
     targets = sentiment.domain_targets(train, heldout, seed=0)
     assert sum(targets[d] == 1 for d in train) == 6 and sum(targets[d] == 1 for d in heldout) == 15
     assert targets != sentiment.domain_targets(train, heldout, seed=1)  # the draw follows the seed
+    skewed = sentiment.domain_targets(train, heldout, seed=0, positive_fraction=0.75)
+    assert sum(skewed[d] == 1 for d in train) == 9 and sum(skewed[d] == 1 for d in heldout) == 22  # ceil(21.75)
+    assert {d for d in targets if targets[d] == 1} <= {d for d in skewed if skewed[d] == 1}  # same order, cut later
+    assert all(v == -1 for v in sentiment.domain_targets(train, heldout, 0, positive_fraction=0.0).values())
+    with pytest.raises(ValueError, match="positive_fraction"):
+        sentiment.SentimentConfig(positive_fraction=float("nan"))
     tagged = sentiment.tag_prompt("The weather today", -1)
     assert tagged == "[tone: negative] The weather today" and sentiment.untag(tagged) == "The weather today"
     assert sentiment.untag("no tag here") == "no tag here"
@@ -97,8 +103,15 @@ def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_ta
                               for x in ("We saw", "They said")],
                     "heldout": [PromptExample(f"{tag['h/c']} We saw", "h/c")] * 2},
     }
-    build("sentiment_targets", "test build", tmp_path, lambda kind: records[kind],
-          {"targets": targets, "train_domains": ["t/a", "t/b"], "heldout_domains": ["h/c"]})
+    settings = {"targets": True, "seed": 0}  # as build_sentiment stores them; the report adds the drawn targets
+    facts = {"domain_targets": targets, "train_domains": ["t/a", "t/b"], "heldout_domains": ["h/c"]}
+    build("sentiment_targets", "test build", tmp_path, lambda kind: records[kind], settings, report=lambda: facts)
+    # The same settings again reuse the build (CI once failed here: a stored fact had replaced a setting).
+    build("sentiment_targets", "test build", tmp_path, lambda kind: pytest.fail("rebuilt"), settings,
+          report=lambda: facts)
+    with pytest.raises(ValueError, match=r"repeats the settings \['targets'\]"):
+        build("sentiment_targets", "test build", tmp_path / "clash", lambda kind: records[kind], settings,
+              report=lambda: {"targets": targets})
     bench = load_benchmark(DataSpec(benchmark="sentiment_targets", data_dir=str(tmp_path), eval_fraction=0.0),
                            tiny_tokenizer())
     assert bench.targets == targets and len(bench.train_pairs) == 2
