@@ -20,7 +20,8 @@ import numpy as np
 from metapl.algorithms.common import start_policy
 from metapl.config import ConfigError
 from metapl.eval.stats import win_rate
-from metapl.meta.evaluate import MetaTestConfig, prompt_batch, domain_key, summarise
+from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
+                                  prompt_batch, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
 from metapl.models.sampling import generate_traced
@@ -60,16 +61,19 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         prompts = domains[name][0][test.prompts:]
         tokens, mask = prompt_batch(bench, [prompts])
         key = jax.random.fold_in(domain_key(test, index), 1)  # meta-test's evaluation key of this domain
-        gold = {}
+        gold, samples = {}, {}
         for side, weights in (("adapted", trained), ("reference", reference)):
             out = jax.device_get(sample(weights, tokens[0], mask[0], key))
-            gold[side] = np.asarray(bench.gold_scores(prompts, out["tokens"][:, tp:], out["response_mask"][:, tp:]))
+            samples[side] = {"tokens": out["tokens"][:, tp:], "response_mask": out["response_mask"][:, tp:]}
+            gold[side] = np.asarray(bench.gold_scores(prompts, samples[side]["tokens"],
+                                                      samples[side]["response_mask"]))
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
                      "gold_reference": float(gold["reference"].mean()),
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
                      "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
                      "gold_adapted_samples": gold["adapted"].tolist(),
-                     "inner_loss_first": float("nan"), "inner_loss_last": float("nan")})
+                     "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
+                     **cross_judge_columns(bench, prompts, samples)})
     result = summarise(rows, test, solver=MetaConfig(), split=split,
                        about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": int(state.step)})
     result["solver"] = {"kind": "none (the trained policy answers)"}
@@ -80,8 +84,7 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
 
 
 def _render(result: dict) -> str:
-    def ci(s):
-        return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+    ci = format_interval
 
     return "\n".join([
         f"# Policy test of {result['run_dir']} ({result['algo']} run, step {result['checkpoint_step']}) on "
@@ -96,6 +99,7 @@ def _render(result: dict) -> str:
         f"| gold reward, trained policy | {ci(result['gold_adapted'])} |",
         f"| gold gain (trained − reference) | {ci(result['gold_gain'])} |",
         f"| gold win rate vs reference | {ci(result['win_rate'])} |",
+        *cross_judge_lines(result),
         "",
         "| domain | gold ref | gold trained | win rate |",
         "|---|---|---|---|",

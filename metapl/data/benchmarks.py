@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -113,13 +114,20 @@ class Benchmark(abc.ABC):
         tokenizer reads them as text, so by default nothing changes."""
         return self
 
-    def gold_scores(self, prompts: Sequence[PromptExample], tokens, mask) -> list[float]:
-        """The gold judge's score of each sampled response (tokens, mask [B, N] as in GenerationOutput; one row
-        per prompt). An empty response (the policy stopped at once) scores 0."""
+    cross_judge: str | None = None  # the name of a second, independent judge, when the benchmark has one
+
+    def cross_gold(self, domain: str, prompt: str, response: str) -> float:
+        """The second judge's reward (benchmarks with `cross_judge` only): a cross-check, never trained on."""
+        raise NotImplementedError(f"{self.name} has no second judge")
+
+    def gold_scores(self, prompts: Sequence[PromptExample], tokens, mask, *, cross: bool = False) -> list[float]:
+        """The gold judge's score (the second judge's when `cross`) of each sampled response (tokens, mask [B, N]
+        as in GenerationOutput; one row per prompt). An empty response (the policy stopped at once) scores 0."""
+        judge = self.cross_gold if cross else self.gold
         scores = []
         for prompt, row, keep in zip(prompts, np.asarray(tokens), np.asarray(mask)):
             response = self.decode([int(t) for t, k in zip(row, keep) if k and int(t) != self.eos_id])
-            scores.append(self.gold(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
+            scores.append(judge(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
         return scores
 
     @staticmethod
@@ -267,6 +275,19 @@ class SentimentBenchmark(Benchmark):
     def gold(self, domain: str, prompt: str, response: str) -> float:
         return float(self._judge.score([prompt + response])[0])
 
+    @property
+    def cross_judge(self) -> str:
+        return self._cross.name
+
+    @functools.cached_property
+    def _cross(self):
+        from metapl.data.judges import PatternJudge
+
+        return PatternJudge()
+
+    def cross_gold(self, domain: str, prompt: str, response: str) -> float:
+        return float(self._cross.score([prompt + response])[0])
+
     def domain_split(self, split: str, prompts_per_domain: int) -> dict[str, tuple[list, list]]:
         from metapl.data.tfds_builders import load_records
 
@@ -316,12 +337,20 @@ class SentimentTargetsBenchmark(SentimentBenchmark):
         super().__init__(spec, tokenizer)
         self.targets = {d: int(t) for d, t in read_metadata(self._built("pairs"))["domain_targets"].items()}
 
+    def _target(self, domain: str) -> int:
+        if domain not in self.targets:
+            raise DataError(f"unknown domain {domain!r} of sentiment_targets", field="domain")
+        return self.targets[domain]
+
     def gold(self, domain: str, prompt: str, response: str) -> float:
         from metapl.data.sentiment import target_gold
 
-        if domain not in self.targets:
-            raise DataError(f"unknown domain {domain!r} of sentiment_targets", field="domain")
-        return float(target_gold(self._judge, self.targets[domain], [prompt], [response])[0])
+        return float(target_gold(self._judge, self._target(domain), [prompt], [response])[0])
+
+    def cross_gold(self, domain: str, prompt: str, response: str) -> float:
+        from metapl.data.sentiment import target_gold
+
+        return float(target_gold(self._cross, self._target(domain), [prompt], [response])[0])
 
 
 __all__ = ["BENCHMARKS", "Benchmark", "DataSpec", "MechanismBenchmark", "SPLITS", "SentimentBenchmark",

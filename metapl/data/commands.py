@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
                    help="drop (and count) pairs whose gold margin is below this (the judge sees no preference)")
     g.add_argument("--positive-fraction", type=float, default=0.5,
                    help="sentiment_targets: share of each split's domains whose target is positive")
+    g.add_argument("--pairs-per-prompt", type=int, default=1,
+                   help="pairs sampled from each pair-seeding prompt (2 x this many continuations)")
     b.set_defaults(func=_cmd_build)
 
     s = dsub.add_parser("show", help="print examples and per-domain counts")
@@ -101,6 +103,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                                      targets=args.name == "sentiment_targets",
                                      heldout_pairs_per_domain=args.heldout_pairs_per_domain,
                                      min_margin=args.min_margin, positive_fraction=args.positive_fraction,
+                                     pairs_per_prompt=args.pairs_per_prompt,
                                      **_knobs(args, pairs_per_domain=8, prompts_per_domain=32, label_noise=0.05))
             paths = tfds_builders.build_sentiment(data_dir, config, overwrite=args.overwrite)
     except ValueError as e:

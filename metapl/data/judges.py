@@ -8,6 +8,12 @@
 rule-based sentiment analyser. Its *compound* score, in [-1, 1], is the judge's reward: > 0.05 reads as positive,
 < -0.05 as negative. It is deterministic, fast on CPU and has no model weights.
 
+`PatternJudge` is the second, independent judge: the polarity of TextBlob's `PatternAnalyzer` (the `textblob`
+package, MIT; its lexicon is the Pattern library's English adjective lexicon, De Smedt & Daelemans, JMLR 2012):
+the mean polarity of the lexicon's words in the text, in [-1, 1], with negation ("not good" = -0.5 x 0.7) and
+intensifiers. Another lexicon, built by other authors, with other rules: a policy that games one judge's word list
+shows up as a disagreement between the two. The studies use it to cross-check results, never to train.
+
 `bradley_terry_label(s_a, s_b, temperature=T, rng=...)` draws "a is preferred to b" with probability
 σ((s_a - s_b) / T): the Bradley-Terry model with the judge's score as the utility. The temperature is the label
 noise: with T = 0.1, a compound gap of 0.1 gives P = σ(1) ≈ 0.73 and a gap of 0.5 gives ≈ 0.99; larger T gives
@@ -23,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["VaderJudge", "bradley_terry_label", "bradley_terry_probability"]
+__all__ = ["PatternJudge", "VaderJudge", "bradley_terry_label", "bradley_terry_probability"]
 
 
 class VaderJudge:
@@ -47,20 +53,51 @@ class VaderJudge:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Compound scores, float64 array of shape (len(texts),), each in [-1, 1]. Empty text scores 0."""
-        if isinstance(texts, str):
-            raise TypeError("score() takes a list of texts; wrap a single text in a list")
-        out = np.empty(len(texts), dtype=np.float64)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-            out[i] = self._analyzer.polarity_scores(text)["compound"]
-        return out
+        return _scores(texts, lambda text: self._analyzer.polarity_scores(text)["compound"])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return self.score(texts)
 
     def __repr__(self) -> str:
         return f"VaderJudge(name={self.name!r})"
+
+
+def _scores(texts: Sequence[str], score_one) -> np.ndarray:
+    if isinstance(texts, str):
+        raise TypeError("score() takes a list of texts; wrap a single text in a list")
+    out = np.empty(len(texts), dtype=np.float64)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        out[i] = score_one(text)
+    return out
+
+
+class PatternJudge:
+    """TextBlob / Pattern lexicon polarity in [-1, 1] for each text (the second sentiment judge)."""
+
+    def __init__(self) -> None:
+        try:
+            from textblob.en.sentiments import PatternAnalyzer
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("the Pattern judge needs textblob: pip install textblob") from e
+        self._analyzer = PatternAnalyzer()
+        try:
+            version = importlib.metadata.version("textblob")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+            version = "unknown"
+        self.version = version
+        self.name = f"textblob-{version}-pattern-polarity"
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """Polarity scores, float64 array of shape (len(texts),), each in [-1, 1]; 0 when no lexicon word occurs."""
+        return _scores(texts, lambda text: self._analyzer.analyze(text).polarity)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.score(texts)
+
+    def __repr__(self) -> str:
+        return f"PatternJudge(name={self.name!r})"
 
 
 def _check_temperature(temperature: float) -> float:

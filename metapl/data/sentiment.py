@@ -61,9 +61,10 @@ class SentimentConfig:
     heldout_pairs_per_domain: int | None = None  # None: pairs_per_domain
     min_margin: float = 0.0
     positive_fraction: float = 0.5  # sentiment_targets: share of each split's domains whose target is positive
+    pairs_per_prompt: int = 1  # pairs sampled from each pair-seeding prompt (2 x this many continuations)
 
     def __post_init__(self):
-        for name in ("pairs_per_domain", "prompts_per_domain", "max_new_tokens", "batch_size"):
+        for name in ("pairs_per_domain", "prompts_per_domain", "max_new_tokens", "batch_size", "pairs_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.heldout_pairs_per_domain is not None and self.heldout_pairs_per_domain < 1:
@@ -142,9 +143,10 @@ class SentimentBuild:
 
 def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judge, *, model=None,
                  gold=None) -> tuple[list[PreferencePair], int, int]:
-    """Two sampled continuations per prompt, judged and labelled; returns (pairs, number of identical pairs,
-    number of indecisive pairs: |gold margin| < config.min_margin). gold(prompts, responses) -> scores [n]
-    (default: VADER of prompt + response)."""
+    """2k sampled continuations per prompt (k = config.pairs_per_prompt), paired in order (1st with 2nd, 3rd
+    with 4th, ...), judged and labelled; returns (pairs, number of identical pairs, number of indecisive pairs:
+    |gold margin| < config.min_margin). gold(prompts, responses) -> scores [n] (default: VADER of prompt +
+    response)."""
     import jax
 
     from metapl.data.judges import bradley_terry_label
@@ -154,7 +156,8 @@ def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judg
     model = model or load_pretrained(config.model)
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               stop_token_ids=default_stop_ids(model.tokenizer))
-    texts = [p.prompt for p in prompts for _ in range(2)]
+    each = 2 * config.pairs_per_prompt
+    texts = [p.prompt for p in prompts for _ in range(each)]
     outputs: list[str] = []
     key = jax.random.key(config.seed)
     t0 = time.perf_counter()
@@ -167,7 +170,8 @@ def sample_pairs(prompts: Sequence[PromptExample], config: SentimentConfig, judg
     scores = gold(texts, outputs) if gold else judge.score([t + y for t, y in zip(texts, outputs)])
     rng = np.random.default_rng([config.seed, 7])
     pairs, identical, indecisive = [], 0, 0
-    for i, p in enumerate(prompts):
+    for i in range(len(texts) // 2):
+        p = prompts[i // config.pairs_per_prompt]
         a, b = outputs[2 * i], outputs[2 * i + 1]
         if a.strip() == b.strip() or not a.strip() or not b.strip():
             identical += 1
@@ -218,7 +222,7 @@ def build_records(config: SentimentConfig, domains: Sequence[str] | None = None)
         _log(f"{split}: {len(names)} domains; sampling pairs for {len(source)} prompts")
         gold = None
         if targets:
-            sign = np.repeat([targets[p.domain] for p in source], 2)  # two continuations per prompt
+            sign = np.repeat([targets[p.domain] for p in source], 2 * config.pairs_per_prompt)
             gold = functools.partial(target_gold, judge, sign)
         pairs[split], n, m = sample_pairs(source, config, judge, model=model, gold=gold)
         identical += n

@@ -246,11 +246,26 @@ def pair_accuracy(restored: RestoredReward, pairs: list, accuracy_fn=None) -> fl
     return float(accuracy_fn(restored.phi, restored.frozen["rm"], b))
 
 
+def cross_judge_columns(bench, prompts: list, samples: dict[str, dict]) -> dict:
+    """The second judge's columns of a row (none when the benchmark has no second judge): its mean score of the
+    adapted and the reference samples, the adapted policy's win rate over the reference by it, and its score of
+    each adapted sample. samples: {"adapted" | "reference": {"tokens", "response_mask"} [B, N]}."""
+    if bench.cross_judge is None:
+        return {}
+    cross = {side: np.asarray(bench.gold_scores(prompts, s["tokens"], s["response_mask"], cross=True))
+             for side, s in samples.items()}
+    return {"cross_judge": bench.cross_judge, "cross_adapted": float(cross["adapted"].mean()),
+            "cross_reference": float(cross["reference"].mean()),
+            "cross_win_rate": win_rate(cross["adapted"], cross["reference"]),
+            "cross_adapted_samples": cross["adapted"].tolist()}
+
+
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],
           test: MetaTestConfig, progress: bool = False) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
-    win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, and the
-    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys)."""
+    win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, the
+    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys), and the
+    second judge's columns when the benchmark has one (`cross_judge_columns`)."""
     bench, rows, accuracy_fn = restored.bench, [], pair_accuracy_fn(restored.config)
     for name, out in outputs.items():
         prompts = domains[name][0][test.prompts:]
@@ -263,7 +278,8 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
                      "rm_pair_accuracy": pair_accuracy(restored, pairs, accuracy_fn), "pairs": len(pairs),
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),
-                     "inner_loss_last": float(out["inner_losses"][-1])})
+                     "inner_loss_last": float(out["inner_losses"][-1]),
+                     **cross_judge_columns(bench, prompts, {side: out[side] for side in ("adapted", "reference")})})
         if progress:
             r = rows[-1]
             print(f"[metapl meta-test] {name}: gold {r['gold_reference']:+.3f} -> {r['gold_adapted']:+.3f}, "
@@ -282,8 +298,15 @@ def summarise(rows: list[dict], test: MetaTestConfig, *, solver: MetaConfig, spl
 
     gain = np.asarray([r["gold_adapted"] - r["gold_reference"] for r in rows])
     lo, hi = bootstrap_interval(gain, test.bootstrap, test.seed)
+    cross = {}
+    if rows and "cross_judge" in rows[0]:  # the second judge's view of the same samples
+        cross_gain = np.asarray([r["cross_adapted"] - r["cross_reference"] for r in rows])
+        cross = {"cross": {"judge": rows[0]["cross_judge"], "adapted": summary("cross_adapted"),
+                           "reference": summary("cross_reference"), "win_rate": summary("cross_win_rate"),
+                           "gain": {"mean": float(cross_gain.mean()),
+                                    "ci95": list(bootstrap_interval(cross_gain, test.bootstrap, test.seed))}}}
     return {
-        **about, "split": split, "domains": len(rows), "reward": test.reward,
+        **about, "split": split, "domains": len(rows), "reward": test.reward, **cross,
         "solver": {"kind": "projected", "steps": solver.inner_steps, "lr": solver.inner_lr,
                    "optimizer": solver.inner_optimizer, "beta": solver.beta, "prox": solver.prox},
         "test": dataclasses.asdict(test),
@@ -294,10 +317,23 @@ def summarise(rows: list[dict], test: MetaTestConfig, *, solver: MetaConfig, spl
     }
 
 
+def cross_judge_lines(result: dict) -> list[str]:
+    """Summary-table rows of the second judge (none without one)."""
+    if "cross" not in result:
+        return []
+    c, name = result["cross"], result["cross"]["judge"]
+    return [f"| second judge ({name}): gain | {format_interval(c['gain'])} |",
+            f"| second judge ({name}): win rate vs reference | {format_interval(c['win_rate'])} |"]
+
+
+def format_interval(s: dict) -> str:
+    """{"mean", "ci95"} as "mean [lo, hi]" (3 decimals)."""
+    return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+
+
 def render(result: dict) -> str:
     """A meta-test result as markdown: the settings, the summary table and one row per domain."""
-    def ci(s):
-        return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+    ci = format_interval
 
     s = result["solver"]
     lines = [
@@ -317,6 +353,7 @@ def render(result: dict) -> str:
         f"| gold gain (adapted − reference) | {ci(result['gold_gain'])} |",
         f"| gold win rate vs reference | {ci(result['win_rate'])} |",
         f"| reward-model pair accuracy | {ci(result['rm_pair_accuracy'])} |",
+        *cross_judge_lines(result),
         "",
         "| domain | gold ref | gold adapted | win rate | RM pair acc |",
         "|---|---|---|---|---|",

@@ -1,11 +1,12 @@
-"""The VADER gold judge against hand-checked sentences, and Bradley-Terry labels against their closed form."""
+"""The VADER gold judge and the Pattern cross-check judge against hand-checked sentences, and Bradley-Terry labels
+against their closed form."""
 
 import math
 
 import numpy as np
 import pytest
 
-from metapl.data.judges import VaderJudge, bradley_terry_label, bradley_terry_probability
+from metapl.data.judges import PatternJudge, VaderJudge, bradley_terry_label, bradley_terry_probability
 
 POSITIVE = [
     "I love this movie, it is absolutely wonderful and the acting is brilliant!",
@@ -59,6 +60,32 @@ def test_vader_judge_name_and_input_checks(judge):
         judge.score("a single string")
     with pytest.raises(TypeError, match="texts\\[1\\]"):
         judge.score(["fine", 3])
+
+
+def _pattern_lexicon_polarity(word: str) -> float:
+    """The mean polarity of `word`'s senses in the lexicon file textblob ships (read here, not through textblob)."""
+    import os
+    import re
+
+    import textblob
+
+    path = os.path.join(os.path.dirname(textblob.__file__), "en", "en-sentiment.xml")
+    values = [float(m) for line in open(path, encoding="utf-8") if f'form="{word}"' in line
+              for m in re.findall(r' polarity="([-0-9.]+)"', line)]
+    assert values, word
+    return float(np.mean(values))
+
+
+def test_pattern_judge_reads_its_lexicon_with_negation():
+    judge = PatternJudge()
+    good, awful = _pattern_lexicon_polarity("good"), _pattern_lexicon_polarity("awful")
+    scores = judge.score(["good", "not good", "awful", "The train leaves at four.", ""])
+    np.testing.assert_allclose(scores, [good, -0.5 * good, awful, 0.0, 0.0], atol=1e-9)  # negation: x -0.5
+    both = judge.score(POSITIVE + NEGATIVE)
+    assert np.all(both[:3] > 0.3) and np.all(both[3:] < -0.3), both
+    assert judge.name.startswith("textblob-") and "pattern" in repr(judge)
+    with pytest.raises(TypeError, match="list"):
+        judge.score("a single string")
 
 
 def test_bradley_terry_probability_matches_the_closed_form():

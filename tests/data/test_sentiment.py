@@ -46,6 +46,17 @@ def test_pairs_follow_the_judge_without_label_noise(monkeypatch):
     assert pairs[0].gold_margin == pytest.approx((len("prompt 0 much better") - len("prompt 0 good")) / 100)
 
 
+def test_several_pairs_per_prompt_pair_consecutive_continuations(monkeypatch):
+    model, prompts = _scripted_policy(monkeypatch, [" a", " bbb", " cc", " c", " x", " x", " dd", " d", " e", " ee",
+                                                    " f", " fff"])
+    config = sentiment.SentimentConfig(label_noise=0.0, batch_size=4, pairs_per_prompt=2)
+    pairs, identical, indecisive = sentiment.sample_pairs(prompts, config, _Scripted(), model=model)
+    assert (identical, indecisive) == (1, 0)  # " x" twice
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
+        ("prompt 0", " bbb", " a"), ("prompt 0", " cc", " c"), ("prompt 1", " dd", " d"),
+        ("prompt 2", " ee", " e"), ("prompt 2", " fff", " f")]
+
+
 def test_targets_are_balanced_stated_in_the_prompt_and_sign_the_gold_reward():
     from metapl.data.judges import VaderJudge
 
@@ -89,7 +100,7 @@ def test_pairs_below_the_minimum_margin_are_dropped_and_counted(monkeypatch):
 def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_target(tmp_path):
     from metapl.data import DataError
     from metapl.data.benchmarks import DataSpec, load_benchmark
-    from metapl.data.judges import VaderJudge
+    from metapl.data.judges import PatternJudge, VaderJudge
     from metapl.data.schemas import PreferencePair
     from metapl.data.tfds_builders import build
     from tests.gguf_fixture import tiny_tokenizer
@@ -116,8 +127,12 @@ def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_ta
                            tiny_tokenizer())
     assert bench.targets == targets and len(bench.train_pairs) == 2
     vader = VaderJudge()
+    pattern = PatternJudge()
     for d, t in targets.items():
         assert bench.gold(d, f"{tag[d]} It was", " great") == pytest.approx(t * vader.score(["It was great"])[0])
+        assert bench.cross_gold(d, f"{tag[d]} It was", " great") == pytest.approx(
+            t * pattern.score(["It was great"])[0])
+    assert bench.cross_judge == pattern.name
     split = bench.domain_split("heldout", 2)
     assert list(split) == ["h/c"] and len(split["h/c"][0]) == 2 and split["h/c"][1][0].chosen == " bad"
     with pytest.raises(DataError, match="unread by training"):  # eval_prompts (64) reads every prompt here
@@ -130,3 +145,5 @@ def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_ta
                                                                           for p in narrow.eval_prompts}
     with pytest.raises(DataError, match="unknown domain"):
         bench.gold("x/y", "p", "r")
+    with pytest.raises(DataError, match="unknown domain"):
+        bench.cross_gold("x/y", "p", "r")

@@ -68,3 +68,41 @@ def test_summarise_and_render_by_hand():
     assert 0.1 <= lo <= 0.2 <= hi <= 0.3
     text = render(result)
     assert "| d0 | 0.100 | 0.300 | 0.75 | 0.50 |" in text and "step 7" in text and "3 sgd steps" in text
+
+
+class _TwoJudges:
+    """A benchmark stand-in: the gold judge scores the response length, the second judge its count of "a"."""
+
+    cross_judge = "count-a"
+    eos_id = -1
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+    def gold_scores(self, prompts, tokens, mask, *, cross=False):
+        texts = [self.decode([int(t) for t, k in zip(row, keep) if k]) for row, keep in zip(tokens, mask)]
+        return [float(t.count("a")) if cross else float(len(t)) for t in texts]
+
+
+def test_the_second_judge_columns_and_summary_by_hand():
+    from metapl.meta.evaluate import cross_judge_columns
+
+    def side(texts):
+        n = max(map(len, texts))
+        return {"tokens": np.array([[ord(c) for c in t.ljust(n)] for t in texts]),
+                "response_mask": np.array([[1] * len(t) + [0] * (n - len(t)) for t in texts])}
+
+    samples = {"adapted": side(["aab", "b"]), "reference": side(["a", "ab"])}
+    cols = cross_judge_columns(_TwoJudges(), [None, None], samples)
+    assert cols == {"cross_judge": "count-a", "cross_adapted": 1.0, "cross_reference": 1.0,
+                    "cross_win_rate": 0.5, "cross_adapted_samples": [2.0, 0.0]}  # 2 > 1 wins, 0 < 1 loses
+    no_judge = type("NoJudge", (), {"cross_judge": None})()
+    assert cross_judge_columns(no_judge, [None], samples) == {}
+    rows = [{"domain": f"d{i}", "gold_adapted": 0.2, "gold_reference": 0.1, "win_rate": 0.5,
+             "rm_pair_accuracy": 0.5, "cross_judge": "count-a", "cross_adapted": a, "cross_reference": 1.0,
+             "cross_win_rate": w} for i, (a, w) in enumerate([(1.5, 0.75), (0.5, 0.25)])]
+    result = summarise(rows, MetaTestConfig(bootstrap=300), solver=MetaConfig(), split="heldout",
+                       about={"run_dir": "runs/x", "algo": "rm", "checkpoint_step": 1})
+    assert result["cross"]["judge"] == "count-a" and result["cross"]["gain"]["mean"] == pytest.approx(0.0)
+    assert result["cross"]["win_rate"]["mean"] == pytest.approx(0.5)
+    assert "| second judge (count-a): gain | 0.000 [-0.500, 0.500] |" in render(result)
