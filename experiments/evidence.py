@@ -243,11 +243,12 @@ def domain_kinds(bt_run: Path) -> dict[str, str | None]:
     return {d: bench.domains.heldout_kind(d) for d in bench.domains.heldout_domains}
 
 
-def head_to_head(a: list[dict], b: list[dict]) -> np.ndarray:
-    """[S, D] win rate of method a's samples over method b's (same prompts and keys per domain; ties ½)."""
+def head_to_head(a: list[dict], b: list[dict], key: str = "gold_adapted_samples") -> np.ndarray:
+    """[S, D] win rate of method a's samples over method b's (same prompts and keys per domain; ties ½), by the
+    gold judge (key "cross_adapted_samples": by the second judge)."""
     from metapl.eval import win_rate
 
-    return np.asarray([[win_rate(x["gold_adapted_samples"], y["gold_adapted_samples"])
+    return np.asarray([[win_rate(x[key], y[key])
                         for x, y in zip(ra["per_domain"], rb["per_domain"])] for ra, rb in zip(a, b)])
 
 
@@ -285,6 +286,14 @@ def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning:
                                           wins_per_seed=(diff[:, mask] > 0).sum(axis=1).tolist())
                                for name, mask in subsets.items()}
             row["win_rate_vs_bt"] = two_level_interval(head_to_head(res, results["bt"]))
+        if "cross_adapted" in res[0]["per_domain"][0]:  # the second judge's view of the same samples
+            cross = per_domain(res, "cross_adapted")
+            row["cross"] = {"judge": res[0]["per_domain"][0]["cross_judge"],
+                            "gain": two_level_interval(cross - per_domain(res, "cross_reference"))}
+            if method != "bt":
+                row["cross"]["minus_bt"] = two_level_interval(cross - per_domain(results["bt"], "cross_adapted"))
+                row["cross"]["win_rate_vs_bt"] = two_level_interval(
+                    head_to_head(res, results["bt"], "cross_adapted_samples"))
         methods[method] = row
     return {"cell": cell, "study": study.name, "description": study.cells[cell][1], "knobs": study.cells[cell][0],
             "seeds": list(study.seeds), "heldout_domains": domains,
@@ -334,6 +343,14 @@ def cell_markdown(report: dict) -> str:
         for subset, s in m[k]["minus_bt"].items():
             lines.append(f"| {LABELS[k]} | {subset} | {_ci(s, True)} | {s['wins_per_seed']} of {s['domains']} | "
                          f"{_ci(m[k]['win_rate_vs_bt']) if subset == 'all' else ''} |")
+    if all("cross" in m[k] for k in order):
+        lines += ["", f"The same samples by the second judge ({m['bt']['cross']['judge']}), a cross-check no method "
+                  "was trained or tuned on:", "",
+                  "| method | gain vs reference | minus BT | head-to-head win rate vs BT |", "|---|---|---|---|"]
+        for k in order:
+            c = m[k]["cross"]
+            lines.append(f"| {LABELS[k]} | {_ci(c['gain'], True)} | "
+                         + (f"{_ci(c['minus_bt'], True)} | {_ci(c['win_rate_vs_bt'])} |" if k != "bt" else "– | – |"))
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
