@@ -54,6 +54,7 @@ class Study:
     rm_steps: int = 150  # both reward models (as in experiments/meta_vs_bt.py)
     meta_steps: int = 150
     dpo_steps: int = 200
+    checkpoint_every: int | None = None  # None: one checkpoint at the end (a killed run restarts from there)
     common: tuple = ("data.benchmark=mechanism_domains", "optim.learning_rate=0.001")
     rm: tuple = ("data.batch_size=16",)
     meta: tuple = ("meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=4", "meta.inner_lr=0.02",
@@ -76,15 +77,16 @@ SYNTHETIC = Study("synthetic", {
     # 3 training pairs per domain: the meta run's episodes query all 3 (amendment 3); DPO has no meta section
     "budget4": (["data.synthetic.pairs_per_domain=4", "meta.query_pairs=3"], "C: 4 labelled pairs per domain: H3"),
 })
-# Real text (H5): sentiment_targets with SmolLM2-135M + LoRA. The build it reads (runs/data):
+# Real text (H5): sentiment_targets with SmolLM2-135M + LoRA (PROTOCOL.md, amendment 4). The build it reads
+# (runs/data; about 35 minutes):
 #   metapl data build sentiment_targets --data-dir runs/data --pairs-per-domain 230 --heldout-pairs-per-domain 16 \
-#       --prompts-per-domain 32 --min-margin 0.05
+#       --prompts-per-domain 32 --min-margin 0.3 --positive-fraction 0.75 --pairs-per-prompt 2
 SENTIMENT = Study(
     "sentiment", {"sentiment_targets": ([], "real text, each domain wants the tone its prompts state: H5")},
-    rm_steps=260, meta_steps=100, dpo_steps=260,
+    rm_steps=300, meta_steps=100, dpo_steps=300, checkpoint_every=50,
     common=("data.benchmark=sentiment_targets", "data.data_dir=runs/data", "data.max_prompt_tokens=40",
             "data.max_response_tokens=24", "data.batch_size=8", "data.eval_fraction=0.1", "data.eval_prompts=16",
-            "model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,v]",
+            "model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,k,v,o,up,down]",
             "optim.learning_rate=0.001"),
     rm=(), dpo=(), dpo_betas=(0.1,),
     meta=("meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=2", "meta.inner_lr=0.05",
@@ -130,15 +132,17 @@ def write_json(path: Path, payload) -> None:
 
 # ------------------------------------------------------------------------------------------------------ train
 
-def trained(run_dir: Path, algo: str, overrides: list[str], steps: int) -> Path:
-    """Train (or finish) a run; a run whose last checkpoint is at `steps` is reused."""
+def trained(run_dir: Path, algo: str, overrides: list[str], steps: int, checkpoint_every: int | None = None) -> Path:
+    """Train (or finish) a run; a run whose last checkpoint is at `steps` is reused, one with an earlier checkpoint
+    resumes from it."""
     from metapl.runs import prepare_run_dir, train
     from metapl.train.checkpoints import checkpoint_manager
 
     if (run_dir / "config.yaml").exists() and checkpoint_manager(run_dir).latest_step() == steps:
         return run_dir
     resume = (run_dir / "config.yaml").exists()
-    args = [f"algo={algo}", f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", *overrides]
+    args = [f"algo={algo}", f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={checkpoint_every or steps}",
+            *overrides]
     cfg = prepare_run_dir(run_dir, None, [] if resume else args, resume=resume)
     t0 = time.perf_counter()
     train(run_dir, cfg, resume=resume, progress=False)
@@ -151,7 +155,8 @@ def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str,
     runs: dict[str, list[Path]] = {}
 
     def add(method, algo, overrides, steps, seed):
-        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps))
+        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps,
+                                                   study.checkpoint_every))
 
     policy_knobs = [k for k in knobs if not k.startswith("meta.")]  # a policy run has no meta section
     for seed in study.seeds:  # the cell's knobs come last, so they override the study's settings
