@@ -341,6 +341,9 @@ def cell_markdown(report: dict) -> str:
         acc = _ci(r["rm_pair_accuracy"]) if "rm_pair_accuracy" in r else "–"
         lines.append(f"| {LABELS[k]} | {setting} | {_ci(r['gold'])} | {_ci(r['gain'], True)} | "
                      f"{_ci(r['win_rate_vs_reference'])} | {acc} |")
+    if "meta_onpolicy" not in m:
+        lines += ["", "The on-policy meta-learned RM was not run in this cell (`--onpolicy`); the meta RM above is "
+                  "the projected one."]
     lines += ["", "Paired per held-out domain against the Bradley–Terry RM (same prompts, reference samples and keys):",
               "", "| method | domains | minus BT, gold reward | domains won per seed | head-to-head win rate vs BT |",
               "|---|---|---|---|---|"]

@@ -1,23 +1,15 @@
 """experiments/evidence.py's report on made-up measurements: paired differences and the second judge's section are
 the per-domain arithmetic of the rows (by hand), so the study's tables say what the measurements say."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "evidence.py"
+from tests.evidence_script import load_evidence
 
 
 @pytest.fixture(scope="module")
 def evidence():
-    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evidence"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_evidence()
 
 
 def _result(gold, cross, samples, cross_samples):

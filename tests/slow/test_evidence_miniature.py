@@ -2,29 +2,18 @@
 tuning reads only the validation split, the held-out measurement uses the tuned settings, the report's paired
 differences are the per-domain differences of the measurements, and a re-run reuses every finished stage."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "evidence.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evidence"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.evidence_script import load_evidence
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_the_evidence_pipeline_on_its_miniature(tmp_path, capsys):
-    evidence = _load()
+    evidence = load_evidence()
     out, results = tmp_path / "runs", tmp_path / "results"
     assert evidence.main(["--miniature", "--out", str(out), "--results", str(results)]) == 0
     report = json.loads((results / "attributes.json").read_text())
