@@ -8,7 +8,7 @@ the pipeline on a tiny model in a couple of minutes.
     python experiments/evidence.py --cell attributes --cell behaviour
     python experiments/evidence.py --all                 # every cell of the synthetic study
     python experiments/evidence.py --regime attributes   # H4: the cell's trained RMs over solver K and β
-    python experiments/evidence.py --cell sentiment_targets   # H5 (a sentiment_targets build in runs/data)
+    python experiments/evidence.py --cell sentiment_targets --seed 0 --group bt   # H5: one unit (amendment 5)
 
 A cell runs these stages, each written to disk before the next and skipped when its file exists:
 1. train, per seed: the Bradley–Terry RM (`rm`), the meta-learned RM (`meta`, projected inner solver), with
@@ -20,6 +20,12 @@ A cell runs these stages, each written to disk before the next and skipped when 
    policy test of DPO;
 4. report: paired per-domain differences against BT with two-level bootstrap intervals (seeds, then domains),
    head-to-head win rates, RM pair accuracy; JSON + markdown + PNG in experiments/results/evidence/.
+
+The real-text study tunes per seed (PROTOCOL.md, amendment 5): each (seed, group) runs stages 1-3 on its own runs
+(groups: bt with the gold oracle, meta, meta_onpolicy, dpo) and is kept as
+experiments/results/evidence/<cell>/units/seed<S>/<group>.json with the sha256 of the data build's records, so
+units can run in separate sessions (`--seed S --group G`); the report covers the seeds whose every group is kept
+and says which it lacks.
 
 --regime CELL (after the cell) meta-tests the cell's BT and meta-learned reward models on the held-out domains at
 every (K, β) of REGIME_STEPS x REGIME_BETAS with the same lr, and reports meta − BT at each: a sweep reported
@@ -55,6 +61,9 @@ class Study:
     meta_steps: int = 150
     dpo_steps: int = 200
     checkpoint_every: int | None = None  # None: one checkpoint at the end (a killed run restarts from there)
+    # True: each seed is a unit (train, tune on its own runs, measure) whose stages are kept with the results, so the
+    # seeds of a long study can run in separate sessions (amendment 5); False: tuning averages over the seeds
+    tune_per_seed: bool = False
     common: tuple = ("data.benchmark=mechanism_domains", "optim.learning_rate=0.001")
     rm: tuple = ("data.batch_size=16",)
     meta: tuple = ("meta.inner_solver=projected", "meta.method=unrolled", "meta.inner_steps=4", "meta.inner_lr=0.02",
@@ -78,13 +87,14 @@ SYNTHETIC = Study("synthetic", {
     "budget4": (["data.synthetic.pairs_per_domain=4", "meta.query_pairs=3"], "C: 4 labelled pairs per domain: H3"),
 })
 # Real text (H5): sentiment_targets with SmolLM2-135M + LoRA (PROTOCOL.md, amendment 4). The build it reads
-# (runs/data; about 35 minutes):
-#   metapl data build sentiment_targets --data-dir runs/data --pairs-per-domain 230 --heldout-pairs-per-domain 16 \
-#       --prompts-per-domain 32 --min-margin 0.3 --positive-fraction 0.75 --pairs-per-prompt 2
+# (kept in git under experiments/data, amendment 5; rebuilt in about 36 minutes by
+#   metapl data build sentiment_targets --data-dir experiments/data --pairs-per-domain 230 \
+#       --heldout-pairs-per-domain 16 --prompts-per-domain 32 --min-margin 0.3 --positive-fraction 0.75 \
+#       --pairs-per-prompt 2 --overwrite)
 SENTIMENT = Study(
     "sentiment", {"sentiment_targets": ([], "real text, each domain wants the tone its prompts state: H5")},
-    rm_steps=300, meta_steps=100, dpo_steps=300, checkpoint_every=50,
-    common=("data.benchmark=sentiment_targets", "data.data_dir=runs/data", "data.max_prompt_tokens=40",
+    rm_steps=300, meta_steps=100, dpo_steps=300, checkpoint_every=50, tune_per_seed=True,
+    common=("data.benchmark=sentiment_targets", "data.data_dir=experiments/data", "data.max_prompt_tokens=40",
             "data.max_response_tokens=24", "data.batch_size=8", "data.eval_fraction=0.1", "data.eval_prompts=16",
             "model.pretrained=smollm2-135m", "model.lora_rank=8", "model.lora_targets=[q,k,v,o,up,down]",
             "optim.learning_rate=0.001"),
@@ -150,16 +160,21 @@ def trained(run_dir: Path, algo: str, overrides: list[str], steps: int, checkpoi
     return run_dir
 
 
-def train_cell(study: Study, cell: str, root: Path, onpolicy: bool) -> dict[str, list[Path]]:
+GROUPS = ("bt", "meta", "meta_onpolicy", "dpo")  # what one training run (or DPO's β grid) measures; bt with the oracle
+
+
+def train_cell(study: Study, cell: str, root: Path, onpolicy: bool, seeds: tuple | None = None,
+               groups: tuple = GROUPS) -> dict[str, list[Path]]:
     knobs = study.cells[cell][0]
     runs: dict[str, list[Path]] = {}
 
     def add(method, algo, overrides, steps, seed):
-        runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps,
-                                                   study.checkpoint_every))
+        if method.split("_beta")[0] in groups:
+            runs.setdefault(method, []).append(trained(root / method / f"seed{seed}", algo, overrides, steps,
+                                                       study.checkpoint_every))
 
     policy_knobs = [k for k in knobs if not k.startswith("meta.")]  # a policy run has no meta section
-    for seed in study.seeds:  # the cell's knobs come last, so they override the study's settings
+    for seed in study.seeds if seeds is None else seeds:  # the cell's knobs come last: they override the study's
         base = [*study.common, f"seed={seed}"]
         add("bt", "rm", base + list(study.rm) + knobs, study.rm_steps, seed)
         add("meta", "meta", base + list(study.meta) + knobs, study.meta_steps, seed)
@@ -183,7 +198,7 @@ def tuned(study: Study, cell_root: Path, runs: dict[str, list[Path]]) -> dict:
     done = read_json(path) or {}
     test = MetaTestConfig(**study.test)
     reward_models = [m for m in runs if not m.startswith("dpo")]
-    for method in reward_models + ["gold"]:
+    for method in reward_models + (["gold"] if "bt" in runs else []):  # the oracle guides BT's (reference) policy
         if method in done:
             continue
         source = runs["bt"] if method == "gold" else runs[method]
@@ -191,7 +206,7 @@ def tuned(study: Study, cell_root: Path, runs: dict[str, list[Path]]) -> dict:
         log(f"tuning {method} on the validation split ({len(study.solver_grid)} settings x {len(source)} seeds)")
         done[method] = tune_solver(source, list(study.solver_grid), trial, progress=False)
         write_json(path, done)
-    if "dpo" not in done:
+    if "dpo" not in done and any(m.startswith("dpo") for m in runs):
         table = []
         for beta in study.dpo_betas:
             per_run = [policy_test(r, "validation", test, write=False)["gold_adapted"]["mean"]
@@ -229,6 +244,81 @@ def measured(study: Study, cell_root: Path, runs: dict[str, list[Path]], tuning:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ seed units
+
+def data_fingerprint(run_dir: Path) -> str | None:
+    """The content hash of the build a run read (None for a benchmark generated in memory)."""
+    from metapl.data.commands import default_data_dir
+    from metapl.data.tfds_builders import VERSION, build_fingerprint
+    from metapl.runs import read_run_config
+
+    data = read_run_config(run_dir).data
+    root = Path(data.data_dir) if data.data_dir else default_data_dir()
+    return build_fingerprint(root, data.benchmark) if (root / data.benchmark / "pairs" / VERSION).exists() else None
+
+
+def seed_unit(study: Study, cell: str, out: Path, seed: int, group: str, units: Path) -> dict:
+    """One (seed, group) of a per-seed study (amendment 5): the group's runs trained (bt: the BT RM, measured with
+    the gold oracle; meta; meta_onpolicy; dpo: every β), their settings tuned on the validation split with this
+    seed's runs only, and every method measured on the held-out domains. Kept as units/seed<S>/<group>.json beside
+    the results, with the fingerprint of the build it read, so a later session reuses it without its runs."""
+    path = units / f"seed{seed}" / f"{group}.json"
+    done = read_json(path)
+    if done is not None:
+        return done
+    root = out / cell / f"seed{seed}" / group
+    runs = train_cell(study, cell, out / cell, group == "meta_onpolicy", seeds=(seed,), groups=(group,))
+    first = next(iter(runs.values()))[0]
+    tuning = tuned(study, root, runs)
+    unit = {"seed": seed, "group": group, "data_fingerprint": data_fingerprint(first), "tuning": tuning,
+            "heldout": measured(study, root, runs, tuning), "domain_kinds": domain_kinds(first)}
+    write_json(path, unit)
+    log(f"seed {seed}, {group} of cell {cell} kept in {path}")
+    return unit
+
+
+def merged_units(units: list[dict]) -> tuple[dict, dict, dict]:
+    """(results {method: [one result per seed]}, tuning {method: {"best", "criterion", "per_seed"}}, domain kinds)
+    of the seed units of one cell (each unit: {"seed", "data_fingerprint", "tuning", "heldout", "domain_kinds"}, one
+    or several per seed); units of different builds, or seeds with different methods, are refused."""
+    prints = {u["data_fingerprint"] for u in units}
+    if len(prints) > 1:
+        raise SystemExit(f"the seed units were measured on different builds (fingerprints {sorted(map(str, prints))})"
+                         "; rebuild the data with the study's command and re-run the seeds that differ")
+    seeds: dict[int, dict] = {}
+    for u in units:
+        seed = seeds.setdefault(u["seed"], {"tuning": {}, "heldout": {}})
+        seed["tuning"].update(u["tuning"])
+        seed["heldout"].update(u["heldout"])
+    order = sorted(seeds)
+    methods = [set(seeds[s]["heldout"]) for s in order]
+    if any(m != methods[0] for m in methods):
+        raise SystemExit(f"the seeds measured different methods: {dict(zip(order, methods))}")
+    results = {m: [seeds[s]["heldout"][m][0] for s in order] for m in seeds[order[0]]["heldout"]}
+    tuning = {}
+    for m in results:
+        per_seed = {f"seed {s}": seeds[s]["tuning"][m] for s in order}
+        settings = [t["best"] for t in per_seed.values()]
+        tuning[m] = {"best": settings[0] if all(x == settings[0] for x in settings)
+                     else {k: t["best"] for k, t in per_seed.items()},
+                     "criterion": float(np.mean([t["criterion"] for t in per_seed.values()])),
+                     "per_seed": per_seed}
+    return results, tuning, units[0]["domain_kinds"]
+
+
+def kept_units(units: Path, study: Study, groups: tuple) -> tuple[list[dict], dict[int, list[str]]]:
+    """(the units of every seed that has all `groups`, {seed: groups kept} of the seeds still incomplete)."""
+    complete, partial = [], {}
+    for seed in study.seeds:
+        found = {g: read_json(units / f"seed{seed}" / f"{g}.json") for g in groups}
+        kept = [g for g, u in found.items() if u is not None]
+        if len(kept) == len(groups):
+            complete += list(found.values())
+        elif kept:
+            partial[seed] = kept
+    return complete, partial
+
+
 # ----------------------------------------------------------------------------------------------------- report
 
 LABELS = {"bt": "Bradley–Terry RM", "meta": "meta-learned RM (projected)",
@@ -262,7 +352,7 @@ def per_domain(results: list[dict], key: str) -> np.ndarray:
 
 
 def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning: dict, kinds: dict,
-                command: str) -> dict:
+                command: str, seeds: list | None = None) -> dict:
     from metapl.eval import two_level_interval
 
     bt = per_domain(results["bt"], "gold_adapted")
@@ -301,7 +391,8 @@ def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning:
                     head_to_head(res, results["bt"], "cross_adapted_samples"))
         methods[method] = row
     return {"cell": cell, "study": study.name, "description": study.cells[cell][1], "knobs": study.cells[cell][0],
-            "seeds": list(study.seeds), "heldout_domains": domains,
+            "seeds": list(study.seeds) if seeds is None else list(seeds), "planned_seeds": list(study.seeds),
+            "tuned_per_seed": study.tune_per_seed, "heldout_domains": domains,
             "domain_kinds": {d: kinds.get(d) for d in domains}, "methods": methods, "tuning": tuning,
             "command": command, "settings": dataclasses.asdict(study) | {"cells": None}}
 
@@ -320,16 +411,31 @@ def verdict(s: dict, greater: bool = True) -> str:
     return "not supported"
 
 
+def _setting(best: dict) -> str:
+    """A tuned setting ({"beta": 0.3}) or one per seed ({"seed 0": {...}, ...}) as table text."""
+    if all(isinstance(v, dict) for v in best.values()):
+        return "; ".join(f"{seed}: {_setting(v)}" for seed, v in best.items())
+    return ", ".join(f"{a}={b}" for a, b in best.items())
+
+
 def cell_markdown(report: dict) -> str:
     m = report["methods"]
     order = [k for k in ("bt", "meta", "meta_onpolicy", "dpo", "gold") if k in m]
-    lines = [
-        f"# Evidence cell `{report['cell']}`: {report['description']}",
-        "",
+    planned = report.get("planned_seeds", report["seeds"])
+    lines = [f"# Evidence cell `{report['cell']}`: {report['description']}", ""]
+    if report["seeds"] != planned:
+        started = "; ".join(f"seed {k} has {', '.join(v)}" for k, v in report.get("incomplete_seeds", {}).items())
+        lines += [f"**Partial: seeds {report['seeds']} of the {planned} the protocol needs"
+                  + (f" (under way: {started})" if started else "") + ".** The seeds still to run are the same "
+                  "command; nothing below is a verdict until every seed is in.", ""]
+    lines += [
         f"{report['study']} study, {', '.join(report['knobs']) or 'no knob set'}; {len(report['heldout_domains'])} "
         f"held-out domains, seeds {report['seeds']}. Every method's settings were chosen on the validation split "
-        "(meta-train domains, prompts no training run reads); intervals are 95% two-level bootstrap (seeds, then "
-        "domains).",
+        "(meta-train domains, prompts no training run reads)"
+        + (", for each seed on its own runs" if report.get("tuned_per_seed") else "")
+        + "; intervals are 95% two-level bootstrap (seeds, then domains)."
+        + (f" Data build fingerprint (sha256 of its records): `{report['data_fingerprint'][:16]}…`."
+           if report.get("data_fingerprint") else ""),
         "",
         "| method | tuned setting | gold reward (held-out) | gain vs reference | win rate vs reference | "
         "RM pair accuracy |",
@@ -337,7 +443,7 @@ def cell_markdown(report: dict) -> str:
     ]
     for k in order:
         r = m[k]
-        setting = ", ".join(f"{a}={b}" for a, b in r["setting"].items())
+        setting = _setting(r["setting"])
         acc = _ci(r["rm_pair_accuracy"]) if "rm_pair_accuracy" in r else "–"
         lines.append(f"| {LABELS[k]} | {setting} | {_ci(r['gold'])} | {_ci(r['gain'], True)} | "
                      f"{_ci(r['win_rate_vs_reference'])} | {acc} |")
@@ -385,13 +491,35 @@ def cell_plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_cell(study: Study, cell: str, out: Path, onpolicy: bool, command: str, results: Path = RESULTS) -> dict:
+def run_cell(study: Study, cell: str, out: Path, onpolicy: bool, command: str, results: Path = RESULTS,
+             seeds: tuple | None = None, groups: tuple | None = None) -> dict:
+    """Every stage of a cell, then its report. A per-seed study can run only some seeds and groups (units); its
+    report covers the seeds whose every group is kept and says which seeds it lacks."""
     root = out / cell
     t0 = time.perf_counter()
-    runs = train_cell(study, cell, root, onpolicy)
-    tuning = tuned(study, root, runs)
-    measurements = measured(study, root, runs, tuning)
-    report = cell_report(study, cell, measurements, tuning, domain_kinds(runs["bt"][0]), command)
+    if study.tune_per_seed:
+        units = results / cell / "units"
+        wanted = tuple(g for g in GROUPS if g != "meta_onpolicy" or onpolicy)
+        for seed in study.seeds if seeds is None else seeds:
+            for group in wanted if groups is None else groups:
+                seed_unit(study, cell, out, seed, group, units)
+        kept, partial = kept_units(units, study, wanted)
+        if not kept:
+            log(f"cell {cell}: no seed has every group yet ({partial}); no report")
+            return {"cell": cell, "partial": partial}
+        measurements, tuning, kinds = merged_units(kept)
+        report = cell_report(study, cell, measurements, tuning, kinds, command,
+                             seeds=sorted({u["seed"] for u in kept}))
+        report["data_fingerprint"] = kept[0]["data_fingerprint"]
+        report["incomplete_seeds"] = {str(k): v for k, v in partial.items()}
+    else:
+        if seeds is not None or groups is not None:
+            raise SystemExit(f"--seed and --group apply to per-seed studies only; the {study.name} study tunes over "
+                             "all seeds")
+        runs = train_cell(study, cell, root, onpolicy)
+        tuning = tuned(study, root, runs)
+        measurements = measured(study, root, runs, tuning)
+        report = cell_report(study, cell, measurements, tuning, domain_kinds(runs["bt"][0]), command)
     results.mkdir(parents=True, exist_ok=True)
     write_json(results / f"{cell}.json", report)
     (results / f"{cell}.md").write_text(cell_markdown(report))
@@ -589,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onpolicy", action="store_true", help="also the meta-learned RM with the on-policy inner solver")
     p.add_argument("--regime", action="append", choices=sorted(SYNTHETIC.cells), default=[],
                    help="after the cell: its reward models over the solver's K and β (H4)")
+    p.add_argument("--seed", action="append", type=int, default=None,
+                   help="only this training seed of a per-seed study's cell (repeatable; the real-text cell)")
+    p.add_argument("--group", action="append", choices=GROUPS, default=None,
+                   help="only this group of a per-seed study's seeds (bt measures the oracle too; repeatable)")
     p.add_argument("--summary", action="store_true", help="the per-hypothesis summary of the finished cells")
     p.add_argument("--miniature", action="store_true", help="the pipeline on a tiny model and benchmark (a test)")
     p.add_argument("--out", default="runs/evidence", help="run directories (reused when the study is re-run)")
@@ -607,8 +739,14 @@ def main(argv: list[str] | None = None) -> int:
         run_regime(MINIATURE, "attributes", Path(args.out), results, grid=[(1, 0.3, 0.05), (2, 0.3, 0.05),
                                                                            (2, 1.0, 0.1)])
     for cell in cells:
-        command = f"python experiments/evidence.py --cell {cell}" + (" --onpolicy" if args.onpolicy else "")
-        run_cell(CELLS[cell], cell, Path(args.out), args.onpolicy, command, results)
+        study = CELLS[cell]
+        if args.seed and set(args.seed) - set(study.seeds):
+            p.error(f"--seed {sorted(set(args.seed) - set(study.seeds))}: the {study.name} study's seeds are "
+                    f"{list(study.seeds)}")
+        command = f"python experiments/evidence.py --cell {cell}" + (" --onpolicy" if args.onpolicy else "") + \
+            ("".join(f" --seed {s}" for s in study.seeds) if study.tune_per_seed else "")
+        run_cell(study, cell, Path(args.out), args.onpolicy, command, results,
+                 tuple(args.seed) if args.seed else None, tuple(args.group) if args.group else None)
     for cell in args.regime:
         run_regime(CELLS[cell], cell, Path(args.out), results)
     if args.summary:

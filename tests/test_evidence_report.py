@@ -40,3 +40,29 @@ def test_cell_report_pairs_methods_by_domain_under_both_judges(evidence):
     text = evidence.cell_markdown(report)
     assert "second judge (judge-2)" in text and "| meta-learned RM (projected) | +0.1000" in text
     assert np.isclose(m["gain"]["mean"], 0.2)
+
+
+def _unit(seed, beta, criterion, fingerprint="abc"):
+    result = _result([0.1 + seed, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])
+    return {"seed": seed, "data_fingerprint": fingerprint, "domain_kinds": {"a": "wants positive", "b": None},
+            "tuning": {m: {"best": {"beta": beta}, "criterion": criterion} for m in ("bt", "meta")},
+            "heldout": {"bt": [result], "meta": [result]}}
+
+
+def test_seed_units_merge_into_one_cell_and_a_partial_report_says_so(evidence):
+    results, tuning, kinds = evidence.merged_units([_unit(0, 0.3, 0.1), _unit(2, 1.0, 0.3)])
+    assert [r["per_domain"][0]["gold_adapted"] for r in results["bt"]] == [0.1, 2.1]  # one result per seed, in order
+    assert tuning["meta"]["best"] == {"seed 0": {"beta": 0.3}, "seed 2": {"beta": 1.0}}  # chosen per seed
+    assert tuning["meta"]["criterion"] == pytest.approx(0.2)
+    assert evidence.merged_units([_unit(0, 0.3, 0.1), _unit(1, 0.3, 0.5)])[1]["bt"]["best"] == {"beta": 0.3}
+    assert kinds == {"a": "wants positive", "b": None}
+    with pytest.raises(SystemExit, match="different builds"):
+        evidence.merged_units([_unit(0, 0.3, 0.1), _unit(1, 0.3, 0.1, fingerprint="xyz")])
+    study = evidence.dataclasses.replace(evidence.MINIATURE, seeds=(0, 1, 2), tune_per_seed=True)
+    report = evidence.cell_report(study, "attributes", results, tuning, kinds, "cmd", seeds=[0, 2])
+    text = evidence.cell_markdown(report)
+    assert "Partial: seeds [0, 2] of the [0, 1, 2]" in text and "for each seed on its own runs" in text
+    assert "seed 0: beta=0.3; seed 2: beta=1.0" in text
+    three = evidence.merged_units([_unit(s, 0.3, 0.1) for s in (0, 1, 2)])
+    assert "Partial" not in evidence.cell_markdown(evidence.cell_report(study, "attributes", *three, "cmd",
+                                                                        seeds=[0, 1, 2]))

@@ -162,6 +162,23 @@ def load_records(path: str | Path, split: str) -> list:
     return records
 
 
+def build_fingerprint(data_dir: str | Path, name: str) -> str:
+    """sha256 (hex) of every record of every split of both configs of benchmark `name` under data_dir, in order: two
+    builds hash alike exactly when they hold the same records (results measured on a build can name it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for config in ("pairs", "prompts"):
+        path = Path(data_dir) / name / config / VERSION
+        if not path.exists():
+            raise DataError(f"{path}: no {name} build here (metapl data build {name} --data-dir {data_dir})")
+        for split in sorted(_tfds().builder_from_directory(str(path)).info.splits):
+            digest.update(f"{config}/{split}\n".encode())
+            for record in load_records(path, split):
+                digest.update(json.dumps(dataclasses.asdict(record), sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def build_synthetic(data_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), *,
                     prompts_per_domain: int = 64, overwrite: bool = False) -> dict[str, Path]:
     """Build `synthetic_domains` (both configs) for these knobs."""

@@ -98,3 +98,18 @@ def test_import_with_a_constant_domain_round_trips(tmp_path, capsys):
     assert main(["data", "import", str(path), "--kind", "prompts", "--map", "prompt=text", "--domain", "stories",
                  "--out", str(tmp_path / "o.jsonl")]) == 0
     assert json.loads((tmp_path / "o.jsonl").read_text()) == {"prompt": "Once upon a time", "domain": "stories"}
+
+
+def test_build_fingerprint_names_the_records(built, tmp_path):
+    from metapl.data import DataError
+    from metapl.data.tfds_builders import build_fingerprint
+
+    args = ["data", "build", "synthetic_domains", "--num-domains", "26", "--num-heldout", "20",
+            "--pairs-per-domain", "6", "--prompts-per-domain", "3"]
+    assert main(args + ["--data-dir", str(tmp_path / "again")]) == 0
+    assert main(args + ["--data-dir", str(tmp_path / "other"), "--seed", "1"]) == 0
+    first = build_fingerprint(built, "synthetic_domains")
+    assert len(first) == 64 and first == build_fingerprint(tmp_path / "again", "synthetic_domains")
+    assert first != build_fingerprint(tmp_path / "other", "synthetic_domains")
+    with pytest.raises(DataError, match="no synthetic_domains build"):
+        build_fingerprint(tmp_path / "none", "synthetic_domains")

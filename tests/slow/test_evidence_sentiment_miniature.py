@@ -9,6 +9,7 @@ import json
 import pytest
 
 from metapl.cli import main
+from metapl.data.tfds_builders import build_fingerprint
 from tests.evidence_script import load_evidence
 
 
@@ -39,3 +40,10 @@ def test_the_real_text_cell_on_its_miniature(tmp_path):
         assert report["methods"][method]["cross"]["judge"].startswith("textblob-")
     assert "second judge" in (results / "sentiment_targets.md").read_text()
     assert (out / "sentiment_targets" / "bt" / "seed0" / "checkpoints").exists()
+    # the seed is a unit kept with the results (amendment 5), naming the build it was measured on
+    units = results / "sentiment_targets" / "units" / "seed0"
+    kept = {g: json.loads((units / f"{g}.json").read_text()) for g in ("bt", "meta", "dpo")}
+    assert {u["data_fingerprint"] for u in kept.values()} == {build_fingerprint(data, "sentiment_targets")}
+    assert report["data_fingerprint"] == kept["bt"]["data_fingerprint"] and report["seeds"] == [0]
+    assert {g: set(u["heldout"]) for g, u in kept.items()} == {"bt": {"bt", "gold"}, "meta": {"meta"},
+                                                                "dpo": {"dpo"}}
