@@ -61,8 +61,8 @@ class Study:
     meta_steps: int = 150
     dpo_steps: int = 200
     checkpoint_every: int | None = None  # None: one checkpoint at the end (a killed run restarts from there)
-    # True: each seed is a unit (train, tune on its own runs, measure) whose stages are kept with the results, so the
-    # seeds of a long study can run in separate sessions (amendment 5); False: tuning averages over the seeds
+    # True: each (seed, group) is a unit (train, tune on that seed's runs, measure) kept with the results, so the
+    # units of a long study can run in separate sessions (amendment 5); False: tuning averages over the seeds
     tune_per_seed: bool = False
     common: tuple = ("data.benchmark=mechanism_domains", "optim.learning_rate=0.001")
     rm: tuple = ("data.batch_size=16",)
