@@ -1,18 +1,18 @@
 """Offline RLHF (Hu et al., arXiv 2308.12050): `mle-filter`, `rwr` and `dt`. Each samples responses from the
-reference policy, scores them with the gold judge, then trains with an SFT-like loss: keep the best (filtered
-MLE), weight by reward (reward-weighted regression), or condition on a reward token (reward-conditioned SFT,
-"decision transformer", which is asked for the top reward bin at evaluation)."""
+reference policy, scores them with the gold judge (or, with `reward.model`, a trained reward model), then trains
+with an SFT-like loss: keep the best (filtered MLE), weight by reward (reward-weighted regression), or condition on
+a reward token (reward-conditioned SFT, "decision transformer", which is asked for the top reward bin at
+evaluation)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-from metapl.algorithms.common import policy_gold_reward, start_policy, training_prompts
+from metapl.algorithms.common import RewardSource, policy_gold_reward, sample_scorer, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, TruncationStats
 from metapl.data.reward_tokens import DEFAULT_REWARD_TEMPLATE, DEFAULT_REWARD_TOKEN, render_reward_prompt
 from metapl.data.sample_sets import (
-    GoldJudgeScorer,
     SampleSetConfig,
     best_of_n,
     build_sample_set,
@@ -49,10 +49,12 @@ class OfflineOptions:
 
 @dataclasses.dataclass(frozen=True)
 class OfflineRun(RunConfig):
-    """`mle-filter`, `rwr` or `dt`; the sample set's size is `data.sample_prompts` × `data.samples_per_prompt`."""
+    """`mle-filter`, `rwr` or `dt`; the sample set's size is `data.sample_prompts` × `data.samples_per_prompt`,
+    scored by `reward` (default: the gold judge)."""
 
     algo: str = "mle-filter"
     offline: OfflineOptions = OfflineOptions()
+    reward: RewardSource = RewardSource()
 
 
 def setup_offline(cfg: OfflineRun) -> Setup:
@@ -64,10 +66,10 @@ def setup_offline(cfg: OfflineRun) -> Setup:
     sample_cfg = SampleSetConfig(samples_per_prompt=cfg.data.samples_per_prompt,
                                  max_new_tokens=cfg.data.max_response_tokens, batch_size=32,
                                  max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.seed, policy="reference")
-    samples, report = build_sample_set(params, policy.base_config, prompts, bench.encode, bench.decode,
-                                       GoldJudgeScorer(bench.gold, "gold"), sample_cfg,
-                                       stop_token_ids=(bench.eos_id,), pad_id=bench.pad_id, progress=False,
-                                       mesh=run_mesh(cfg.mesh))
+    scorer = sample_scorer(cfg.reward, bench, cfg.data)
+    samples, report = build_sample_set(params, policy.base_config, prompts, bench.encode, bench.decode, scorer,
+                                       sample_cfg, stop_token_ids=(bench.eos_id,), pad_id=bench.pad_id,
+                                       progress=False, mesh=run_mesh(cfg.mesh))
     shape = SequenceShape(cfg.data.max_prompt_tokens + (REWARD_TOKEN_ROOM if method == "dt" else 0),
                           cfg.data.max_response_tokens)
     stats = TruncationStats()
@@ -101,7 +103,7 @@ def setup_offline(cfg: OfflineRun) -> Setup:
     return Setup(trainable, frozen, objective,
                  ArrayBatches(arrays, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed),
                  lambda t, f: {"gold_reward": gold(t, f)},
-                 f"{method}: {len(samples)} scored samples from {len(prompts)} prompts; "
+                 f"{method}: {len(samples)} samples from {len(prompts)} prompts scored by {scorer.name}; "
                  f"{len(arrays['tokens'])} training sequences", info=info)
 
 

@@ -1,8 +1,8 @@
 """KL-regularised policy optimisation with on-policy samples: `rloo` (REINFORCE with a leave-one-out baseline and
 a KL penalty) and `ppo` (KL-shaped token rewards, GAE, clipped policy and value losses, a value head on the
-policy's backbone, optionally the adaptive KL controller). Both are rewarded by the benchmark's gold judge (a
-reward model plugs in at the same place) and regularised towards the reference: the initial weights, or the
-LoRA base."""
+policy's backbone, optionally the adaptive KL controller). Both are rewarded by the benchmark's gold judge or, with
+`reward.model`, by a trained reward model (`RewardSource`), and regularised towards the reference: the initial
+weights, or the LoRA base."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any, Callable, Literal
 import jax
 import jax.numpy as jnp
 
-from metapl.algorithms.common import placed_on_run_mesh, policy_gold_reward, start_policy, training_prompts
+from metapl.algorithms.common import (
+    RewardSource, placed_on_run_mesh, policy_gold_reward, sample_scorer, start_policy, token_scores, training_prompts,
+)
 from metapl.data.batching import SequenceShape, ShuffledBatches, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.keys import stream_key
@@ -36,12 +38,15 @@ Weights = Callable[[Any, Any], tuple[Any, Any]]  # (trainable, frozen) -> (param
 
 class Rollouts:
     """On-policy batches: each step samples k responses for each of `batch_size` prompts from the current policy
-    (the loop hands it the latest trainable params), scores them with the gold judge and adds the reference
-    log-probs. Its position (prompt order) is checkpointed; step t samples with key fold_in(rollout key, t)."""
+    (the loop hands it the latest trainable params), scores them (`score`: prompts, tokens, mask -> [B]; default
+    the gold judge) and adds the reference log-probs. Its position (prompt order) is checkpointed; step t samples
+    with key fold_in(rollout key, t)."""
 
-    def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, policy: Policy, frozen, weights: Weights, k: int):
+    def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, policy: Policy, frozen, weights: Weights, k: int,
+                 score: Callable | None = None):
         self.prompts, self.bench, self.cfg, self.policy, self.frozen, self.weights, self.k = \
             prompts, bench, cfg, policy, frozen, weights, k
+        self.score = score or bench.gold_scores
         self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
         self.params = None
         self.mesh = run_mesh(cfg.mesh)  # sample sharded when the run is
@@ -67,7 +72,7 @@ class Rollouts:
                        SamplingConfig(max_new_tokens=data.max_response_tokens, temperature=1.0,
                                       stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora,
                        mesh=self.mesh)
-        rewards = self.bench.gold_scores(chosen, out.tokens, out.mask)
+        rewards = self.score(chosen, out.tokens, out.mask)
         batch = dict(out.sequences(), rewards=jnp.asarray(rewards, jnp.float32))
         batch["ref_logps"] = self._ref(self.frozen, batch)
         return batch
@@ -96,10 +101,12 @@ class RLOOLoss:
 
 @dataclasses.dataclass(frozen=True)
 class RLOORun(RunConfig):
-    """`rloo` on `data.sample_prompts` prompts of the training domains, `data.batch_size` prompts per step."""
+    """`rloo` on `data.sample_prompts` prompts of the training domains, `data.batch_size` prompts per step, rewarded
+    by `reward` (default: the gold judge)."""
 
     algo: str = "rloo"
     loss: RLOOLoss = RLOOLoss()
+    reward: RewardSource = RewardSource()
 
 
 def setup_rloo(cfg: RLOORun) -> Setup:
@@ -113,11 +120,11 @@ def setup_rloo(cfg: RLOORun) -> Setup:
     prompts = training_prompts(bench, cfg.data.sample_prompts)
     gold = policy_gold_reward(policy, bench, cfg)
     frozen = placed_on_run_mesh(frozen, cfg)
-    return Setup(trainable, frozen, objective, Rollouts(prompts, bench, cfg, policy, frozen, policy.weights,
-                                                        cfg.loss.k),
-                 lambda t, f: {"gold_reward": gold(t, f)},
+    scorer = sample_scorer(cfg.reward, bench, cfg.data)
+    rollouts = Rollouts(prompts, bench, cfg, policy, frozen, policy.weights, cfg.loss.k, token_scores(scorer, bench))
+    return Setup(trainable, frozen, objective, rollouts, lambda t, f: {"gold_reward": gold(t, f)},
                  f"rloo: {len(prompts)} prompts, {cfg.loss.k} samples each per step, "
-                 f"{cfg.data.batch_size} prompts per step")
+                 f"{cfg.data.batch_size} prompts per step, rewarded by {scorer.name}")
 
 
 # ------------------------------------------------------------------------------------------------------- PPO
@@ -146,11 +153,13 @@ class PPOOptions:
 
 @dataclasses.dataclass(frozen=True)
 class PPORun(RunConfig):
-    """`ppo`: one sample per prompt, `data.batch_size` prompts per rollout."""
+    """`ppo`: one sample per prompt, `data.batch_size` prompts per rollout, rewarded by `reward` (default: the gold
+    judge)."""
 
     algo: str = "ppo"
     loss: PPOLoss = PPOLoss()
     ppo: PPOOptions = PPOOptions()
+    reward: RewardSource = RewardSource()
 
 
 class PPORollouts(Rollouts):
@@ -219,10 +228,12 @@ def setup_ppo(cfg: PPORun) -> Setup:
     prompts = training_prompts(bench, cfg.data.sample_prompts)
     gold = policy_gold_reward(policy, bench, cfg)
     frozen = placed_on_run_mesh(frozen, cfg)
-    rollouts = PPORollouts(prompts, bench, cfg, policy, frozen, weights, 1, opts=cfg.ppo, model_weights=model_weights)
+    scorer = sample_scorer(cfg.reward, bench, cfg.data)
+    rollouts = PPORollouts(prompts, bench, cfg, policy, frozen, weights, 1, token_scores(scorer, bench), opts=cfg.ppo,
+                           model_weights=model_weights)
     return Setup(trainable, frozen, objective, rollouts, lambda t, f: {"gold_reward": gold(t[part], f)},
                  f"ppo: {len(prompts)} prompts, {cfg.data.batch_size} per rollout, {cfg.ppo.epochs} steps per "
-                 "rollout")
+                 f"rollout, rewarded by {scorer.name}")
 
 
 register(Algorithm("rloo", RLOORun, setup_rloo, "REINFORCE leave-one-out with a KL penalty, on-policy"))

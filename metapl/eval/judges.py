@@ -5,19 +5,19 @@
 `prompts` are `PromptExample`s (prompt text and domain), `first` and `second` response texts. Scoring judges
 score each response on its own and compare the scores (`ScoringJudge`): the benchmark's gold judge
 (`GoldJudge`), the second transparent judge of a real-text benchmark (`GoldJudge(bench, cross=True)`), a trained
-reward model (`RewardModelJudge`). Pairwise judges only compare: an LLM behind an OpenAI-compatible API
-(`metapl.eval.http_judge.HttpJudge`). A win rate is the mean verdict (`win_rate_of`).
+reward model or any other sample scorer (`ScorerJudge`). Pairwise judges only compare: an LLM behind an
+OpenAI-compatible API (`metapl.eval.http_judge.HttpJudge`). A win rate is the mean verdict (`win_rate_of`).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from metapl.data.batching import SequenceShape, TruncationStats, collate, encode_sequence
 from metapl.data.benchmarks import Benchmark
+from metapl.data.sample_sets import Scorer
 from metapl.data.schemas import PromptExample
 
 
@@ -74,31 +74,20 @@ class GoldJudge(ScoringJudge):
                           dtype=float)
 
 
-class RewardModelJudge(ScoringJudge):
-    """A reward model as judge: `reward(tokens [B, T], attention_mask [B, T]) -> [B]` over prompt + response
-    token rows built with the benchmark's encoder, within its prompt and response limits (`bench.spec`), scored
-    `batch_size` rows at a time (a fixed shape, so it compiles once). A trained run's reward model: the reward is
-    `metapl.meta.reward_function(config, frozen["rm"])` at its φ (`metapl.meta.evaluate.restore_reward_model`)."""
+class ScorerJudge(ScoringJudge):
+    """Any sample scorer as judge (`metapl.data.sample_sets.Scorer`: `score(domains, prompts, responses)`), e.g. a
+    trained reward model as a `RewardModelScorer` (`metapl.algorithms.common.reward_model_scorer` reads one from a
+    run) or `GoldJudgeScorer.text(VaderJudge())`."""
 
-    def __init__(self, reward: Callable[[Any, Any], Any], bench: Benchmark, name: str = "reward-model",
-                 batch_size: int = 16):
-        self.reward, self.bench, self.name, self.batch_size = reward, bench, name, batch_size
-        spec = bench.spec
-        self.shape = SequenceShape(spec.max_prompt_tokens, spec.max_response_tokens)
+    def __init__(self, scorer: Scorer, name: str | None = None):
+        self.scorer = scorer
+        self.name = name or scorer.name
 
     def score(self, prompts, responses) -> np.ndarray:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses")
-        bench, stats = self.bench, TruncationStats()
-        rows = [encode_sequence(bench.encode(p.prompt), bench.encode(r), self.shape, bench.eos_id, stats)
-                for p, r in zip(prompts, responses)]
-        out = []
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # a fixed shape; the copies are dropped
-            batch = collate(padded, self.shape.max_length, bench.pad_id)
-            out.append(np.asarray(self.reward(batch.tokens, batch.attention_mask), dtype=float)[:len(chunk)])
-        return np.concatenate(out) if out else np.zeros(0)
+        return np.asarray(self.scorer.score([p.domain for p in prompts], [p.prompt for p in prompts],
+                                            list(responses)), dtype=float)
 
 
 def win_rate_of(verdicts) -> float:
@@ -109,4 +98,4 @@ def win_rate_of(verdicts) -> float:
     return float(v.mean())
 
 
-__all__ = ["GoldJudge", "Judge", "RewardModelJudge", "ScoringJudge", "verdicts_from_scores", "win_rate_of"]
+__all__ = ["GoldJudge", "Judge", "ScorerJudge", "ScoringJudge", "verdicts_from_scores", "win_rate_of"]

@@ -1,10 +1,11 @@
-"""The judges' common interface: verdicts from scores, the gold judge, a reward model as judge."""
+"""The judges' common interface: verdicts from scores, the gold judge, a sample scorer (a reward model) as judge."""
 
 import numpy as np
 import pytest
 
 from metapl.data.schemas import PromptExample
-from metapl.eval.judges import GoldJudge, RewardModelJudge, verdicts_from_scores, win_rate_of
+from metapl.algorithms.common import reward_model_scorer
+from metapl.eval.judges import GoldJudge, ScorerJudge, verdicts_from_scores, win_rate_of
 from metapl.meta.evaluate import restore_reward_model
 from metapl.meta.objectives import pair_rewards, reward_function
 from metapl.runs import prepare_run_dir, train
@@ -55,18 +56,18 @@ def test_gold_judge_and_its_second_judge():
         gold.compare(_prompts(2), ["a"], ["b", "c"])
 
 
-def test_reward_model_judge_scores_fixed_shape_batches_by_hand():
-    calls = []
+def test_a_scorer_as_judge_by_hand():
+    class Lengths:  # a sample scorer: the response's length plus the domain's offset
+        name = "lengths"
 
-    def reward(tokens, mask):  # the sum of the real tokens' ids; the shape must be the same at every call
-        calls.append(tokens.shape)
-        return (np.asarray(tokens) * np.asarray(mask)).sum(axis=1)
+        def score(self, domains, prompts, responses):
+            return np.asarray([len(r) + (10 if d == "hot" else 0) for d, r in zip(domains, responses)], float)
 
-    judge = RewardModelJudge(reward, _Bench(), batch_size=2)
-    responses = ["ab", "abcdef", "", "z", "c"]  # "abcdef" is cut to 4 tokens; every row ends with eos (id 0)
-    expected = [sum(map(ord, f"p{i}")) + sum(map(ord, r[:4])) for i, r in enumerate(responses)]
-    np.testing.assert_array_equal(judge.score(_prompts(5), responses), expected)
-    assert calls == [(2, 11)] * 3  # 6 + 4 + eos, three batches, the last padded
+    judge = ScorerJudge(Lengths())
+    prompts = [PromptExample("p", "hot"), PromptExample("p", "cold")]
+    assert judge.name == "lengths"
+    np.testing.assert_array_equal(judge.score(prompts, ["ab", "abc"]), [12.0, 3.0])
+    np.testing.assert_array_equal(judge.compare(prompts, ["ab", "a"], ["abc", "a"]), [0.0, 0.5])
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,12 @@ def rm_run(tmp_path_factory):
     return run
 
 
-def test_reward_model_judge_of_a_run_matches_the_runs_pair_scores(rm_run):
-    """The judge tokenises text itself; the training path batches pairs with its loader: same rewards."""
+def test_a_reward_model_run_as_judge_matches_the_runs_pair_scores(rm_run):
+    """The judge scores text through the run's scorer; the training path batches pairs with its loader."""
     restored = restore_reward_model(rm_run)
     fn = reward_function(restored.config, restored.frozen["rm"])
-    judge = RewardModelJudge(lambda tokens, mask: fn(restored.phi, tokens, mask), restored.bench, batch_size=4)
+    judge = ScorerJudge(reward_model_scorer(rm_run, restored.cfg.data, batch_size=4))
+    assert judge.name == "reward-model:rm@2"
     pairs = restored.bench.eval_pairs[:6]
     prompts = [PromptExample(p.prompt, p.domain) for p in pairs]
     chosen, rejected = [], []

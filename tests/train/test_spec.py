@@ -12,7 +12,8 @@ from metapl.train.spec import algorithm
 
 SECTIONS = {  # every algorithm's own sections
     "rm": ["loss", "meta"], "dpo": ["loss"], "ipo": ["loss"], "tree-rm": ["loss", "tree"], "srpo": ["loss"],
-    "mle-filter": ["offline"], "rwr": ["offline"], "dt": ["offline"], "rloo": ["loss"], "ppo": ["loss", "ppo"],
+    "mle-filter": ["offline", "reward"], "rwr": ["offline", "reward"], "dt": ["offline", "reward"],
+    "rloo": ["loss", "reward"], "ppo": ["loss", "ppo", "reward"],
     "meta": ["meta"],
 }
 
