@@ -7,7 +7,7 @@ evaluation)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Callable, Literal
 
 from metapl.algorithms.common import RewardSource, policy_gold_reward, sample_scorer, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, TruncationStats
@@ -57,9 +57,19 @@ class OfflineRun(RunConfig):
     reward: RewardSource = RewardSource()
 
 
+def conditioning(cfg: RunConfig) -> tuple[tuple[str, ...], Callable[[str], str] | None]:
+    """(the reward tokens a run's vocabulary gains, how its policy is prompted at evaluation): dt's bin tokens and
+    the prompt conditioned on the top bin; nothing for every other run."""
+    if cfg.algo != "dt":
+        return (), None
+    bins = cfg.offline.bins
+    tokens = tuple(DEFAULT_REWARD_TOKEN.format(bin=b) for b in range(bins))
+    return tokens, lambda x: render_reward_prompt(x, bins - 1, DEFAULT_REWARD_TEMPLATE, bins=bins)
+
+
 def setup_offline(cfg: OfflineRun) -> Setup:
     method, opts = cfg.algo, cfg.offline
-    reward_tokens = tuple(DEFAULT_REWARD_TOKEN.format(bin=b) for b in range(opts.bins)) if method == "dt" else ()
+    reward_tokens, top_bin_prompt = conditioning(cfg)
     policy, params, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens, keep_reference=False)
     config = policy.config
     prompts = training_prompts(bench, cfg.data.sample_prompts)
@@ -88,7 +98,7 @@ def setup_offline(cfg: OfflineRun) -> Setup:
         arrays = sample_arrays(zscore_by_prompt(samples), bench.encode, shape, **encoding)
     else:  # dt: conditioned at evaluation on the top reward bin
         arrays = reward_conditioned_arrays(samples, bench.encode, shape, bins=opts.bins, **encoding)
-        render = lambda x: render_reward_prompt(x, opts.bins - 1, DEFAULT_REWARD_TEMPLATE, bins=opts.bins)  # noqa: E731
+        render = top_bin_prompt
     arrays = {k: v for k, v in arrays.items()
               if k in ("tokens", "attention_mask", "response_mask", "weights", "rewards")}
 
@@ -121,4 +131,4 @@ register(Algorithm("mle-filter", OfflineRun, setup_offline, "maximum likelihood 
 register(Algorithm("rwr", RWRRun, setup_offline, "reward-weighted regression on reference samples"))
 register(Algorithm("dt", DTRun, setup_offline, "reward-conditioned SFT (decision transformer)"))
 
-__all__ = ["DTRun", "OfflineOptions", "OfflineRun", "REWARD_TOKEN_ROOM", "RWRRun", "setup_offline"]
+__all__ = ["DTRun", "OfflineOptions", "OfflineRun", "REWARD_TOKEN_ROOM", "RWRRun", "conditioning", "setup_offline"]

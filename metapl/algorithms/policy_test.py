@@ -5,12 +5,15 @@ a reward model's meta-test rows domain by domain.
     result = policy_test("runs/dpo", "heldout", MetaTestConfig(eval_prompts=32))
 
 Per domain: the mean gold reward of the trained policy's samples ("gold_adapted") and of the reference policy's
-("gold_reference"), and the trained policy's gold win rate over the reference (ties ½). No solver runs and no
-reward model exists, so the optimisation prompts are skipped and "rm_pair_accuracy" is NaN.
+("gold_reference"), the trained policy's gold win rate over the reference (ties ½), its KL to the reference and
+both response lengths. No solver runs and no reward model exists, so the optimisation prompts are skipped and
+"rm_pair_accuracy" is NaN. A reward-conditioned (dt) policy is asked for the top reward bin, as in training's
+evaluation; the reference always sees the plain prompt (so every test of a domain pairs with every other).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,12 +21,14 @@ import jax
 import numpy as np
 
 from metapl.algorithms.common import start_policy
+from metapl.algorithms.offline import conditioning
 from metapl.config import ConfigError
 from metapl.eval.stats import win_rate
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
-                                  prompt_batch, summarise)
+                                  prompt_batch, response_columns, response_lines, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
+from metapl.models.logprobs import sequence_logprobs
 from metapl.models.sampling import generate_traced
 from metapl.train.checkpoints import checkpoint_manager, restore_checkpoint
 from metapl.train.run import read_run_config
@@ -41,7 +46,8 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
     manager = checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise ConfigError(f"{run_dir}: no checkpoint to test")
-    policy, params, bench, trainable, frozen = start_policy(cfg)
+    reward_tokens, render = conditioning(cfg)
+    policy, params, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens)
     state = init_state(trainable, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = restore_checkpoint(manager, manager.latest_step(), state)
     trained = policy.weights(state.params, frozen)
@@ -55,15 +61,27 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         return generate_traced(params, policy.config, tokens, mask, key, sampling, pad_id=bench.pad_id,
                                lora=lora).sequences()
 
+    @jax.jit
+    def log_ratios(trained, reference, s):  # log π(y|x) − log π_ref(y|x) of the trained policy's samples [B]
+        def logp(weights):
+            params, lora = weights
+            return sequence_logprobs(params, policy.config, s["tokens"], s["response_mask"],
+                                     attention_mask=s["attention_mask"], lora=lora)[1]
+        return logp(trained) - logp(reference)
+
     domains = bench.domain_split(split, test.prompts + test.eval_prompts)
     names, tp, rows = list(domains), spec.max_prompt_tokens, []
     for index, name in enumerate(names):
         prompts = domains[name][0][test.prompts:]
-        tokens, mask = prompt_batch(bench, [prompts])
+        shown = [dataclasses.replace(x, prompt=render(x.prompt)) for x in prompts] if render else prompts
         key = jax.random.fold_in(domain_key(test, index), 1)  # meta-test's evaluation key of this domain
         gold, samples = {}, {}
-        for side, weights in (("adapted", trained), ("reference", reference)):
-            out = jax.device_get(sample(weights, tokens[0], mask[0], key))
+        for side, weights, asked in (("adapted", trained, shown), ("reference", reference, prompts)):
+            tokens, mask = prompt_batch(bench, [asked])
+            out = sample(weights, tokens[0], mask[0], key)
+            if side == "adapted":
+                ratios = np.asarray(jax.device_get(log_ratios(trained, reference, out)))
+            out = jax.device_get(out)
             samples[side] = {"tokens": out["tokens"][:, tp:], "response_mask": out["response_mask"][:, tp:]}
             gold[side] = np.asarray(bench.gold_scores(prompts, samples[side]["tokens"],
                                                       samples[side]["response_mask"]))
@@ -73,6 +91,7 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
+                     **response_columns(bench, samples, ratios),
                      **cross_judge_columns(bench, prompts, samples)})
     result = summarise(rows, test, solver=MetaConfig(), split=split,
                        about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": int(state.step)})
@@ -99,6 +118,7 @@ def _render(result: dict) -> str:
         f"| gold reward, trained policy | {ci(result['gold_adapted'])} |",
         f"| gold gain (trained − reference) | {ci(result['gold_gain'])} |",
         f"| gold win rate vs reference | {ci(result['win_rate'])} |",
+        *response_lines(result, "trained"),
         *cross_judge_lines(result),
         "",
         "| domain | gold ref | gold trained | win rate |",

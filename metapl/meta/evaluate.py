@@ -41,7 +41,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
 from metapl.meta.metagrad import MetaConfig, domain_problem
-from metapl.meta.objectives import pair_rewards, reward_function, sample_rewards
+from metapl.meta.objectives import pair_rewards, policy_logprobs, reward_function, sample_rewards
 from metapl.meta.parameters import meta_parameters
 from metapl.models import SamplingConfig
 from metapl.models.config import ModelConfig
@@ -144,7 +144,8 @@ def domain_key(test: MetaTestConfig, index: int) -> jax.Array:
 def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict[str, tuple[list, list]],
                      test: MetaTestConfig, progress: bool = False) -> dict[str, dict]:
     """Per domain: {"adapted", "reference"}: the two policies' samples of the domain's evaluation prompts (tokens,
-    response_mask [eval_prompts, T]), and "inner_losses" [K] of its adaptation.
+    response_mask [eval_prompts, T]), "inner_losses" [K] of its adaptation, and "log_ratios" [eval_prompts]:
+    log π_θ(y|x) − log π_ref(y|x) of each adapted sample (their mean estimates KL(π_θ ‖ π_ref) per response).
 
     Domains go through in chunks of `domains_per_batch`, vmapped: the chunk's adaptations in one call and its
     decoding as one batch (decoding is bound by reading the weights, so batching domains is nearly free). Every
@@ -172,8 +173,13 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         return generate_traced(params, config, tokens, mask, key, sampling, pad_id=bench.pad_id,
                                lora=lora).sequences()
 
+    def log_ratios(theta, theta0, base, s):  # one domain's samples under θ and θ₀ -> [B]
+        logp = lambda t: policy_logprobs(t, base, config, s["tokens"], s["attention_mask"], s["response_mask"])  # noqa: E731
+        return logp(theta) - logp(theta0)
+
     d, n, p = test.domains_per_batch, test.samples_per_prompt, test.prompts
     adapt_chunk = jax.jit(jax.vmap(adapt, in_axes=(0, None, 0)))
+    log_ratio_chunk = jax.jit(jax.vmap(log_ratios, in_axes=(0, None, None, 0)))
     sample_chunk = jax.jit(jax.vmap(sample, in_axes=(0, None, 0, 0, 0)))
     sample_reference_chunk = jax.jit(jax.vmap(sample, in_axes=(None, None, 0, 0, 0)))
 
@@ -212,11 +218,13 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         samples = {"adapted": sample_chunk(thetas, frozen["base"], tokens, mask, eval_keys),
                    "reference": sample_reference_chunk(frozen["theta0"], frozen["base"], tokens, mask, eval_keys)}
-        samples, losses = to_host((samples, losses))  # numpy from here: no per-domain device slicing
+        ratios = log_ratio_chunk(thetas, frozen["theta0"], frozen["base"], samples["adapted"])
+        samples, losses, ratios = to_host((samples, losses, ratios))  # numpy from here: no per-domain device slicing
         for j, name in enumerate(chunk[: len(names) - start]):
             out[name] = {side: {"tokens": s["tokens"][j, :, tp:], "response_mask": s["response_mask"][j, :, tp:]}
                          for side, s in samples.items()}
             out[name]["inner_losses"] = losses[j]
+            out[name]["log_ratios"] = ratios[j]
         if progress:
             print(f"[metapl meta-test] adapted {min(start + d, len(names))}/{len(names)} domains", file=sys.stderr,
                   flush=True)
@@ -260,12 +268,24 @@ def cross_judge_columns(bench, prompts: list, samples: dict[str, dict]) -> dict:
             "cross_adapted_samples": cross["adapted"].tolist()}
 
 
+def response_columns(bench, samples: dict[str, dict], log_ratios) -> dict:
+    """A row's columns about the responses themselves: "kl", the mean of log π(y|x) − log π_ref(y|x) over the
+    adapted (or trained) policy's samples (the k1 estimate of KL(π ‖ π_ref), nats per response), and the mean
+    response length in tokens (eos not counted) of each side."""
+    def length(s):
+        return float(np.mean(np.sum(s["response_mask"] & (s["tokens"] != bench.eos_id), axis=-1)))
+
+    return {"kl": float(np.mean(log_ratios)), "length_adapted": length(samples["adapted"]),
+            "length_reference": length(samples["reference"])}
+
+
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],
           test: MetaTestConfig, progress: bool = False) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
     win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, the
-    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys), and the
-    second judge's columns when the benchmark has one (`cross_judge_columns`)."""
+    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys), the KL
+    to the reference and the response lengths (`response_columns`), and the second judge's columns when the
+    benchmark has one (`cross_judge_columns`)."""
     bench, rows, accuracy_fn = restored.bench, [], pair_accuracy_fn(restored.config)
     for name, out in outputs.items():
         prompts = domains[name][0][test.prompts:]
@@ -279,6 +299,7 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),
                      "inner_loss_last": float(out["inner_losses"][-1]),
+                     **response_columns(bench, out, out["log_ratios"]),
                      **cross_judge_columns(bench, prompts, {side: out[side] for side in ("adapted", "reference")})})
         if progress:
             r = rows[-1]
@@ -313,8 +334,19 @@ def summarise(rows: list[dict], test: MetaTestConfig, *, solver: MetaConfig, spl
         "gold_adapted": summary("gold_adapted"), "gold_reference": summary("gold_reference"),
         "gold_gain": {"mean": float(gain.mean()), "ci95": [lo, hi]},
         "win_rate": summary("win_rate"), "rm_pair_accuracy": summary("rm_pair_accuracy"),
+        **({k: summary(k) for k in ("kl", "length_adapted", "length_reference")} if rows and "kl" in rows[0] else {}),
         "per_domain": rows,
     }
+
+
+def response_lines(result: dict, side: str = "adapted") -> list[str]:
+    """Summary-table rows of the KL to the reference and the response lengths (none in results without them)."""
+    if "kl" not in result:
+        return []
+    ci = format_interval
+    return [f"| KL({side} ‖ reference), nats per response | {ci(result['kl'])} |",
+            f"| response length, reference / {side} (tokens) | {result['length_reference']['mean']:.1f} / "
+            f"{result['length_adapted']['mean']:.1f} |"]
 
 
 def cross_judge_lines(result: dict) -> list[str]:
@@ -353,6 +385,7 @@ def render(result: dict) -> str:
         f"| gold gain (adapted − reference) | {ci(result['gold_gain'])} |",
         f"| gold win rate vs reference | {ci(result['win_rate'])} |",
         f"| reward-model pair accuracy | {ci(result['rm_pair_accuracy'])} |",
+        *response_lines(result),
         *cross_judge_lines(result),
         "",
         "| domain | gold ref | gold adapted | win rate | RM pair acc |",
@@ -386,5 +419,5 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
 
 __all__ = ["MetaTestConfig", "RestoredReward", "adapt_and_sample", "domain_key", "judge", "meta_test",
-           "pair_accuracy", "pair_accuracy_fn", "prompt_batch", "render", "restore_reward_model", "solver_config",
-           "summarise"]
+           "pair_accuracy", "pair_accuracy_fn", "prompt_batch", "render", "response_columns", "response_lines",
+           "restore_reward_model", "solver_config", "summarise"]

@@ -106,3 +106,33 @@ def test_the_second_judge_columns_and_summary_by_hand():
     assert result["cross"]["judge"] == "count-a" and result["cross"]["gain"]["mean"] == pytest.approx(0.0)
     assert result["cross"]["win_rate"]["mean"] == pytest.approx(0.5)
     assert "| second judge (count-a): gain | 0.000 [-0.500, 0.500] |" in render(result)
+
+
+def test_response_columns_by_hand():
+    from metapl.meta.evaluate import response_columns
+
+    eos = 0
+    samples = {"adapted": {"tokens": np.array([[5, 6, eos], [7, eos, 3]]),
+                           "response_mask": np.array([[True, True, True], [True, True, False]])},
+               "reference": {"tokens": np.array([[5, 5, 5], [eos, 1, 1]]),
+                             "response_mask": np.array([[True, True, True], [True, False, False]])}}
+    cols = response_columns(type("B", (), {"eos_id": eos})(), samples, np.array([0.5, -0.1]))
+    assert cols == {"kl": pytest.approx(0.2), "length_adapted": 1.5, "length_reference": 1.5}
+
+
+def test_a_solver_that_does_not_move_has_no_kl_and_the_reference_samples(restored):
+    """lr 0: θ stays θ₀, so the adapted policy is the reference: log-ratios 0, the same samples on the same keys."""
+    test = dataclasses.replace(TEST, lr=0.0)
+    domains = dict(list(restored.bench.domain_split("heldout", TEST.prompts + TEST.eval_prompts).items())[:2])
+    outputs = adapt_and_sample(restored, solver_config(restored.cfg.meta.bilevel(), test), domains, test)
+    rows = judge(restored, domains, outputs, test)
+    for out, row in zip(outputs.values(), rows):
+        np.testing.assert_array_equal(out["log_ratios"], 0.0)
+        np.testing.assert_array_equal(out["adapted"]["tokens"], out["reference"]["tokens"])
+        assert row["kl"] == 0.0 and row["length_adapted"] == row["length_reference"] > 0
+    moved = judge(restored, domains, adapt_and_sample(restored, solver_config(
+        restored.cfg.meta.bilevel(), dataclasses.replace(TEST, lr=1.0, steps=4)), domains, TEST), TEST)
+    assert all(r["kl"] != 0.0 for r in moved)
+    text = render(summarise(rows, TEST, solver=MetaConfig(), split="heldout",
+                            about={"run_dir": "r", "algo": "rm", "checkpoint_step": 2}))
+    assert "| KL(adapted ‖ reference), nats per response | 0.000 [0.000, 0.000] |" in text

@@ -81,8 +81,23 @@ def test_a_policy_test_pairs_with_the_meta_test_of_the_same_seed(runs):
     assert pt["checkpoint_step"] == 3 and (dpo / "policy_test_heldout.md").exists()
     # the trained policy moved: its samples differ from the reference's on some domain
     assert any(r["gold_adapted"] != r["gold_reference"] for r in pt["per_domain"])
+    assert all(np.isfinite(r["kl"]) and 0 <= r["length_adapted"] <= 16 for r in pt["per_domain"])
+    assert "KL(trained ‖ reference)" in (dpo / "policy_test_heldout.md").read_text()
     with pytest.raises(ConfigError, match="trains a reward model"):
         policy_test(rm, "heldout", TEST)
+
+
+def test_a_reward_conditioned_policy_can_be_tested(runs, tmp_path):
+    """Its vocabulary has the reward tokens (a random model's reference is therefore another model than the other
+    runs'); it is asked for the top bin."""
+    rm, _ = runs
+    dt = tmp_path / "dt"
+    train(dt, prepare_run_dir(dt, None, ["algo=dt", "steps=2", *DATA, "data.sample_prompts=12",
+                                         "data.samples_per_prompt=2"], False), progress=False)
+    pt = policy_test(dt, "heldout", TEST, write=False)
+    mt = meta_test(rm, "heldout", TEST, write=False, progress=False)
+    assert [r["domain"] for r in pt["per_domain"]] == [r["domain"] for r in mt["per_domain"]]
+    assert all(np.isfinite(r["kl"]) for r in pt["per_domain"])
 
 
 def test_two_level_interval_by_hand_and_coverage():
