@@ -151,11 +151,13 @@ class TreeRMLoss:
 @dataclasses.dataclass(frozen=True)
 class TreeRMRun(RunConfig):
     """`tree-rm`: `tree` says how each prompt's preference tree is grown (`metapl.data.trees.TreeConfig`; the
-    defaults of a tree-rm run are in `tree_defaults`)."""
+    defaults of a tree-rm run are in `tree_defaults`). Its reward model has full weights (LoRA settings apply to
+    nothing here); its `meta` section is the solver `metapl meta-test` tests it with, as for `rm`."""
 
     algo: str = "tree-rm"
     loss: TreeRMLoss = TreeRMLoss()
     tree: TreeConfig = TreeConfig()
+    meta: MetaOptions = MetaOptions()
 
 
 def tree_defaults(raw: dict) -> dict[str, dict]:

@@ -8,8 +8,8 @@ benchmark's gold judge scores both. Reported per domain: mean gold reward of eac
 adapted policy over the reference (ties count ½), and the reward model's accuracy on the domain's labelled pairs;
 over domains: means with percentile-bootstrap 95% intervals (domains resampled).
 
-Works with a `metapl train meta` run or a `metapl train rm` run (the Bradley–Terry baseline): both store the
-reward model in the same layout and a `meta` section (the solver). With `reward="gold"` the same solver is guided
+Works with a `metapl train meta` run, a `metapl train rm` run (the Bradley–Terry baseline) or a `tree-rm` run:
+each stores its reward model and a `meta` section (the solver). With `reward="gold"` the same solver is guided
 by the benchmark's gold reward of the reference samples instead of r_φ (an oracle: what this solver reaches
 with the true reward, at the same β).
 
@@ -40,11 +40,13 @@ from metapl.config import ConfigError
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
+from metapl.keys import stream_key
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import pair_rewards, policy_logprobs, reward_function, sample_rewards
 from metapl.meta.parameters import meta_parameters
 from metapl.models import SamplingConfig
 from metapl.models.config import ModelConfig
+from metapl.models.heads import init_head_params
 from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
 from metapl.parallel import MeshConfig, batch_ways, global_batch, param_shardings, place, run_mesh, to_host
@@ -107,13 +109,16 @@ def restore_reward_model(run_dir: str | Path) -> RestoredReward:
     not the run's whole set-up (a meta run's would draw its reference samples again)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    if cfg.algo not in ("meta", "rm"):
-        raise ConfigError(f"{run_dir}: meta-test needs a `meta` or `rm` run, this one is {cfg.algo!r}")
+    if cfg.algo not in ("meta", "rm", "tree-rm"):
+        raise ConfigError(f"{run_dir}: meta-test needs a `meta`, `rm` or `tree-rm` run, this one is {cfg.algo!r}")
     manager = checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise ConfigError(f"{run_dir}: no checkpoint to test")
     config, params, bench = build_model_and_benchmark(cfg)
     like, frozen = meta_parameters(cfg.seed, config, params)
+    if cfg.algo == "tree-rm":  # a full-weight head model whatever the LoRA settings (setup_tree_rm)
+        like, frozen = init_head_params(config, stream_key(cfg.seed, "reward_head"), backbone=params), \
+            dict(frozen, rm=None)
     state = init_state(like, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = restore_checkpoint(manager, manager.latest_step(), state)
     return RestoredReward(run_dir, cfg, config, bench, state.params, frozen, int(state.step))

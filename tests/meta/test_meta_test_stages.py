@@ -136,3 +136,16 @@ def test_a_solver_that_does_not_move_has_no_kl_and_the_reference_samples(restore
     text = render(summarise(rows, TEST, solver=MetaConfig(), split="heldout",
                             about={"run_dir": "r", "algo": "rm", "checkpoint_step": 2}))
     assert "| KL(adapted ‖ reference), nats per response | 0.000 [0.000, 0.000] |" in text
+
+
+def test_a_tree_reward_model_is_meta_tested_like_the_others(tmp_path):
+    from metapl.meta.evaluate import meta_test
+
+    run = tmp_path / "tree"
+    tiny = ["algo=tree-rm", "steps=2", *TINY[2:], "model.lora_rank=4", "data.tree_prompts=8"]
+    train(run, prepare_run_dir(run, None, tiny, False), progress=False)
+    restored = restore_reward_model(run)
+    assert restored.frozen["rm"] is None and "lora" not in restored.phi  # full weights even with LoRA settings
+    result = meta_test(run, "heldout", TEST, write=False, progress=False)
+    assert result["algo"] == "tree-rm" and result["domains"] == 6
+    assert all(0 <= r["rm_pair_accuracy"] <= 1 for r in result["per_domain"])

@@ -11,7 +11,7 @@ from metapl.runs import algorithm_names, load_run_config, prepare_run_dir, read_
 from metapl.train.spec import algorithm
 
 SECTIONS = {  # every algorithm's own sections
-    "rm": ["loss", "meta"], "dpo": ["loss"], "ipo": ["loss"], "tree-rm": ["loss", "tree"], "srpo": ["loss"],
+    "rm": ["loss", "meta"], "dpo": ["loss"], "ipo": ["loss"], "tree-rm": ["loss", "tree", "meta"], "srpo": ["loss"],
     "mle-filter": ["offline", "reward"], "rwr": ["offline", "reward"], "dt": ["offline", "reward"],
     "rloo": ["loss", "reward"], "ppo": ["loss", "ppo", "reward"],
     "meta": ["meta"],
