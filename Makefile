@@ -30,10 +30,14 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet -e ".[test]"
 	@touch $@
 
-## Sample from the embedded SmolLM2-135M-Instruct (loads the GGUF, compiles the sampler, greedy decoding).
+## The main job on the embedded default: reward models learned on 40 meta-train domains, every method compared on
+## 24 held-out domains (experiments/configs/protocol_quickstart.yaml); a finished run is reused.
+QUICKSTART_OUT ?= runs/quickstart
 quickstart: $(VENV)/.base
-	$(VENV)/bin/metapl sample --model smollm2-135m --prompt "The capital of France is" --max-new-tokens 16
-	$(VENV)/bin/metapl sample --model smollm2-135m --chat --prompt "What is the capital of France?" --max-new-tokens 32
+	$(VENV)/bin/metapl protocol --config experiments/configs/protocol_quickstart.yaml --out $(QUICKSTART_OUT)
+	@echo
+	@echo "Next: the same protocol on real text (SmolLM2-135M + LoRA on sentiment_targets), see README 'Next steps':"
+	@echo "  $(VENV)/bin/metapl protocol --config experiments/configs/protocol_sentiment.yaml --out runs/sentiment"
 
 ## The fast test suite (no real model, no long runs). pytest exits non-zero on failures and on "no tests".
 test: $(VENV)/.test

@@ -4,6 +4,7 @@
     metapl data build synthetic_domains
     metapl data show synthetic_domains --split heldout -n 3
     metapl train dpo --config experiments/configs/dpo_synthetic.yaml --run-dir runs/dpo
+    metapl protocol --config experiments/configs/protocol_quickstart.yaml --out runs/quickstart
 
 Errors in what the user asked for (unknown model, missing files, bad values) end with exit status 2 and a
 one-line reason on stderr, never a traceback.
@@ -148,6 +149,29 @@ def _cmd_meta_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_protocol(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from metapl.protocol import load_protocol, run_protocol
+    from metapl.runtime import enable_compile_cache
+
+    for item in args.overrides:
+        if "=" not in item:
+            raise UsageError(f"expected key=value, got {item!r}")
+    cfg = load_protocol(args.config, args.overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    enable_compile_cache()
+    command = " ".join(["metapl protocol", *(["--config", args.config] if args.config else []), "--out", args.out,
+                        *args.overrides])
+    run_protocol(cfg, out, progress=not args.no_progress, command=command)
+    print((out / "report.md").read_text())
+    print(f"Plots: {out / 'plots'}/win_rates.png, gains.png, training.png; every number: {out / 'report.json'}, "
+          f"{out / 'per_domain.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapl", description="Preference learning with language models (JAX/Flax).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -206,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mesh_flags(m, "domains split over data x fsdp")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_meta_test)
+
+    r = sub.add_parser("protocol", help="every method on the same meta-train domains, tested on held-out ones",
+                       description="Train each method of the protocol for each seed on the meta-train domains, test "
+                       "every one on the held-out domains with the same prompts and keys, and write the report "
+                       "(report.md, report.json, per_domain.csv, plots/). Re-running reuses finished sub-runs.")
+    r.add_argument("--config", help="a protocol YAML file (see experiments/configs/protocol_quickstart.yaml)")
+    r.add_argument("--out", required=True, help="the protocol's directory (sub-runs, results, report)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. methods.bt.steps=50")
+    r.set_defaults(func=_cmd_protocol)
     return parser
 
 
@@ -215,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     # positionals placed after options), so unknown words are handed to it and refused for other commands.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(x.startswith("-") for x in extra):
+        if args.command not in ("train", "protocol") or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     from metapl.config import ConfigError

@@ -118,7 +118,7 @@ def to_dict(cfg) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`a.b=value` overrides applied to a nested dict (values parsed as YAML)."""
-    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False)) or {}  # a deep copy that keeps the file's order
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -22,6 +22,7 @@ LAYERS = [
     {"meta"},
     {"algorithms"},
     {"runs"},
+    {"protocol"},
     {"cli"},
 ]
 LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}

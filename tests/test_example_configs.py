@@ -1,13 +1,19 @@
-"""Every example config in experiments/configs loads into the typed run config of an available algorithm."""
+"""Every example config in experiments/configs loads: a run config into the typed config of an available
+algorithm, a protocol config (protocol_*.yaml) into a ProtocolConfig whose every sub-run resolves."""
 
 from pathlib import Path
 
 import pytest
 
 from metapl.meta.options import MetaOptions
+from metapl.protocol import load_protocol, method
+from metapl.protocol.runner import sub_run_mapping
 from metapl.runs import algorithm_names, load_run_config
+from metapl.train.spec import run_config_from_dict
 
-CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.yaml"))
+PROTOCOLS = [p for p in ALL if p.stem.startswith("protocol_")]
+CONFIGS = [p for p in ALL if p not in PROTOCOLS]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -18,5 +24,14 @@ def test_example_config_loads(path):
         assert isinstance(cfg.meta, MetaOptions)  # every key of the meta section is known and valid
 
 
+@pytest.mark.parametrize("path", PROTOCOLS, ids=[p.stem for p in PROTOCOLS])
+def test_protocol_config_resolves_every_sub_run(path, tmp_path):
+    cfg = load_protocol(path)
+    for name in cfg.methods:
+        if method(name).algo:
+            run = run_config_from_dict(sub_run_mapping(cfg, tmp_path, name, cfg.seeds[0]))
+            assert run.algo == method(name).algo and run.steps == cfg.steps(name)
+
+
 def test_there_are_example_configs():
-    assert len(CONFIGS) >= 5
+    assert len(CONFIGS) >= 5 and {p.stem for p in PROTOCOLS} >= {"protocol_quickstart", "protocol_sentiment"}

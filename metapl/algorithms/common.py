@@ -101,7 +101,7 @@ def reward_model_scorer(run_dir: str | Path, data: DataSpec, batch_size: int = 3
     shape = SequenceShape(spec.max_prompt_tokens, spec.max_response_tokens)
     return RewardModelScorer(params, restored.config, bench.encode, shape=shape, eos_id=bench.eos_id,
                              pad_id=bench.pad_id, batch_size=batch_size, length=shape.max_length, lora=lora,
-                             name=f"reward-model:{Path(run_dir).name}@{restored.step}")
+                             name=f"reward-model:{Path(run_dir).parent.name}/{Path(run_dir).name}@{restored.step}")
 
 
 def sample_scorer(source: RewardSource, bench: Benchmark, data: DataSpec) -> Scorer:

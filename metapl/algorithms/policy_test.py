@@ -90,6 +90,7 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
                      "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
                      "gold_adapted_samples": gold["adapted"].tolist(),
+                     "gold_reference_samples": gold["reference"].tolist(),
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
                      **response_columns(bench, samples, ratios),
                      **cross_judge_columns(bench, prompts, samples)})

@@ -288,7 +288,7 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
           test: MetaTestConfig, progress: bool = False) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
     win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, the
-    gold score of each adapted sample (for head-to-head win rates between two tests on the same keys), the KL
+    gold score of each adapted and reference sample (for head-to-head win rates between tests on the same keys), the KL
     to the reference and the response lengths (`response_columns`), and the second judge's columns when the
     benchmark has one (`cross_judge_columns`)."""
     bench, rows, accuracy_fn = restored.bench, [], pair_accuracy_fn(restored.config)
@@ -302,6 +302,7 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
                      "rm_pair_accuracy": pair_accuracy(restored, pairs, accuracy_fn), "pairs": len(pairs),
                      "gold_adapted_samples": gold["adapted"].tolist(),
+                     "gold_reference_samples": gold["reference"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),
                      "inner_loss_last": float(out["inner_losses"][-1]),
                      **response_columns(bench, out, out["log_ratios"]),

@@ -84,7 +84,7 @@ def test_a_reward_model_run_as_judge_matches_the_runs_pair_scores(rm_run):
     restored = restore_reward_model(rm_run)
     fn = reward_function(restored.config, restored.frozen["rm"])
     judge = ScorerJudge(reward_model_scorer(rm_run, restored.cfg.data, batch_size=4))
-    assert judge.name == "reward-model:rm@2"
+    assert judge.name == "reward-model:judge0/rm@2"
     pairs = restored.bench.eval_pairs[:6]
     prompts = [PromptExample(p.prompt, p.domain) for p in pairs]
     chosen, rejected = [], []

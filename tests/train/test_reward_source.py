@@ -39,7 +39,7 @@ def _pair_path_rewards(run, prompts, responses):
 @pytest.mark.parametrize("algo", ["rloo", "ppo"])
 def test_rollouts_are_rewarded_by_the_reward_model(rm_run, algo):
     run = setup(load_run_config(None, [f"algo={algo}", f"reward.model={rm_run}", *TINY]))
-    assert "rewarded by reward-model:bt@3" in run.describe
+    assert "rewarded by reward-model:source0/bt@3" in run.describe
     rollouts = run.batches
     rollouts.set_params(run.trainable)
     prompts = [rollouts.prompts[i] for i in next(copy.deepcopy(rollouts.order)) for _ in range(rollouts.k)]
@@ -54,7 +54,7 @@ def test_rollouts_are_rewarded_by_the_reward_model(rm_run, algo):
 
 def test_the_offline_sample_set_is_scored_by_the_reward_model(rm_run):
     run = setup(load_run_config(None, ["algo=rwr", f"reward.model={rm_run}", *TINY, "data.samples_per_prompt=2"]))
-    assert "scored by reward-model:bt@3" in run.describe
+    assert "scored by reward-model:source0/bt@3" in run.describe
 
 
 def test_a_reward_model_of_another_benchmark_is_refused(rm_run):

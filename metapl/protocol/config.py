@@ -1,0 +1,126 @@
+"""The protocol's config: which methods, on what benchmark and model, with which seeds and test settings.
+
+    name: quickstart
+    seeds: [0]
+    run:                        # every sub-run's settings (a run-config mapping: model, data, optim, ...)
+      data: {benchmark: mechanism_domains, mechanisms: {attributes: 2}}
+      model: {hidden_size: 32, num_layers: 2}
+    methods:                    # in order; each may set its training steps and its own run settings
+      bt: {steps: 150}
+      meta: {run: {meta: {inner_steps: 4}}}
+      dpo: {}
+      gold: {}
+    baseline: bt                # head-to-head win rates against this method
+    test: {prompts: 16, eval_prompts: 32}   # metapl.meta.evaluate.MetaTestConfig fields
+    solver_grid: []             # optional: meta-test settings tuned per reward model on the validation split
+
+A sub-run's settings are the protocol's `run`, then the method's defaults (`metapl.protocol.methods`), then the
+method's own `run`, then algo, steps and seed; the resolved config of each sub-run is written before it trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from metapl.config import ConfigError, from_dict, read_mapping, to_dict
+from metapl.meta.evaluate import MetaTestConfig
+from metapl.protocol.methods import method
+
+SOLVER_KEYS = ("steps", "lr", "beta", "prox")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSettings:
+    """steps: training steps (None: the method's default); run: the method's own run settings (a mapping)."""
+
+    steps: int | None = None
+    run: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")  # from_dict names the method
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    name: str = "protocol"
+    seeds: tuple[int, ...] = (0,)
+    run: dict = dataclasses.field(default_factory=dict)
+    methods: dict = dataclasses.field(default_factory=lambda: {"bt": MethodSettings(), "gold": MethodSettings()})
+    baseline: str = "bt"
+    test: MetaTestConfig = MetaTestConfig()
+    solver_grid: tuple[dict, ...] = ()
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {list(self.seeds)} repeats a seed")
+        for key in ("algo", "steps", "seed"):
+            if key in self.run:
+                raise ConfigError(f"run.{key}: the protocol sets it for each sub-run")
+        names = list(self.methods)
+        for name in names:
+            for needed in method(name).needs:
+                if needed not in self.methods:
+                    raise ConfigError(f"methods.{name} uses the {needed!r} runs: add {needed} to methods")
+        if self.baseline not in self.methods:
+            raise ConfigError(f"baseline: {self.baseline!r} is not one of the methods ({', '.join(names)})")
+        for i, setting in enumerate(self.solver_grid):
+            unknown = sorted(set(setting) - set(SOLVER_KEYS))
+            if unknown:
+                raise ConfigError(f"solver_grid[{i}]: unknown solver setting(s) {unknown}; use {list(SOLVER_KEYS)}")
+
+    def settings(self, name: str) -> MethodSettings:
+        return self.methods[name]
+
+    def steps(self, name: str) -> int:
+        return self.methods[name].steps or method(name).steps
+
+    def run_mapping(self, name: str, seed: int) -> dict:
+        """The sub-run config mapping of method `name` and `seed` (before the reward model's path is added)."""
+        m = method(name)
+        data = _merged(_merged(copy.deepcopy(self.run), m.run), self.methods[name].run)
+        return dict(data, algo=m.algo, steps=self.steps(name), seed=seed)
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    """`extra` deep-merged over `base` (nested mappings merged key by key, anything else replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def protocol_from_mapping(data: dict, where: str = "") -> ProtocolConfig:
+    """A ProtocolConfig from its mapping; errors name the file (`where`) and the key."""
+    prefix = f"{where}: " if where else ""
+    data = dict(data)
+    methods = data.pop("methods", None)
+    try:
+        if methods is not None:
+            if not isinstance(methods, dict) or not methods:
+                raise ConfigError("methods: expected a mapping of method names to their settings ({} for none)")
+            for name in methods:
+                method(name)
+            data["methods"] = {name: from_dict(MethodSettings, value or {}, prefix=f"methods.{name}.")
+                               for name, value in methods.items()}
+        return from_dict(ProtocolConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def load_protocol(path: str | Path | None, overrides: list[str] = ()) -> ProtocolConfig:
+    """The protocol of a YAML file (optional) with dotted overrides (`methods.bt.steps=50`)."""
+    return protocol_from_mapping(read_mapping(path, overrides), str(path) if path else "")
+
+
+def protocol_mapping(cfg: ProtocolConfig) -> dict:
+    """The plain mapping of a ProtocolConfig (what `protocol.yaml` in the output directory holds)."""
+    return to_dict(cfg)
+
+
+__all__ = ["MethodSettings", "ProtocolConfig", "load_protocol", "protocol_from_mapping", "protocol_mapping"]

@@ -1,0 +1,242 @@
+"""A protocol's report: per method, its held-out measures over (seed, domain) with two-level bootstrap intervals
+(seeds, then domains); per domain, every method side by side; plots.
+
+Measures, per held-out domain (each method's test uses the same prompts and per-domain keys):
+  gold       mean gold reward of the method's policy (for the reference method: the reference policy's);
+  gain       gold − the reference policy's gold on the same prompts;
+  win_ref    gold win rate over the reference policy's answers to the same prompts (ties ½);
+  win_base   gold win rate over the baseline method's answers to the same prompts (ties ½);
+  minus_base gold − the baseline method's gold (a paired difference per domain);
+  kl         KL(policy ‖ reference), nats per response (k1 estimate over the policy's samples);
+  length     mean response length in tokens;
+  rm_acc     the reward model's accuracy on the domain's labelled pairs (reward methods only).
+
+Files: report.json (everything), report.md (tables), per_domain.csv (one row per method, seed and domain),
+plots/win_rates.png (win rate over the reference, per domain and method), plots/gains.png (gain and difference
+to the baseline with intervals), plots/training.png (each sub-run's training loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from metapl.eval.stats import two_level_interval, win_rate
+from metapl.protocol.config import ProtocolConfig
+from metapl.protocol.methods import method
+
+MEASURES = ("gold", "gain", "win_ref", "win_base", "minus_base", "kl", "length", "rm_acc")
+
+
+def domain_rows(name: str, result: dict, baseline: dict) -> list[dict]:
+    """{domain, gold, gain, win_ref, win_base, minus_base, kl, length, rm_acc} per held-out domain of one test
+    (`result`), against the baseline method's test of the same seed; the reference method reads the baseline's
+    reference columns."""
+    nan = float("nan")
+    rows = []
+    base_rows = {r["domain"]: r for r in baseline["per_domain"]}
+    for r in (baseline if name == "reference" else result)["per_domain"]:
+        b = base_rows[r["domain"]]
+        if name == "reference":
+            gold, samples, length, kl = r["gold_reference"], r.get("gold_reference_samples"), \
+                r.get("length_reference", nan), 0.0
+        else:
+            gold, samples, length, kl = r["gold_adapted"], r["gold_adapted_samples"], r.get("length_adapted", nan), \
+                r.get("kl", nan)
+        rows.append({
+            "domain": r["domain"], "gold": gold, "gain": gold - r["gold_reference"],
+            "win_ref": 0.5 if name == "reference" else r["win_rate"],
+            "win_base": win_rate(samples, b["gold_adapted_samples"]) if samples is not None else nan,
+            "minus_base": gold - b["gold_adapted"], "kl": kl, "length": length,
+            "rm_acc": r.get("rm_pair_accuracy", nan) if method(name).kind == "reward" else nan})
+    return rows
+
+
+def _interval(matrix: list[list[float]], resamples: int) -> dict:
+    """Mean and 95% two-level interval of values [seeds][domains] (NaN dropped); NaN when nothing is finite."""
+    rows = [[v for v in row if math.isfinite(v)] for row in matrix]
+    if not any(rows) or any(not r for r in rows):
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
+    out = two_level_interval(rows, resamples=resamples, seed=0)
+    return {"mean": out["mean"], "ci95": out["ci95"]}
+
+
+def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, dict]],
+                 timings: dict[str, dict[int, float | None]], command: str = "") -> dict:
+    """The report of a finished protocol: `results[method][seed]` are the held-out tests (meta_test / policy_test
+    layout), `timings[method][seed]` the training seconds."""
+    names = [n for n in cfg.methods]
+    per: dict[str, dict[int, list[dict]]] = {}
+    for name in names:
+        per[name] = {s: domain_rows(name, results.get(name, {}).get(s), results[cfg.baseline][s])
+                     for s in cfg.seeds}
+    domains = [r["domain"] for r in per[cfg.baseline][cfg.seeds[0]]]
+    resamples = cfg.test.bootstrap
+    methods = {}
+    for name in names:
+        summary = {k: _interval([[r[k] for r in per[name][s]] for s in cfg.seeds], resamples) for k in MEASURES}
+        secs = [t for t in (timings.get(name) or {}).values() if t is not None]
+        methods[name] = {"label": method(name).label, "kind": method(name).kind, "source": method(name).source,
+                         "train_seconds": float(np.mean(secs)) if secs else None, **summary}
+    sub_runs = []
+    for name in names:
+        for s in cfg.seeds:
+            run = out / "runs" / name / f"seed{s}"
+            setup = json.loads((run / "setup.json").read_text()) if (run / "setup.json").exists() else {}
+            if setup:
+                sub_runs.append({"method": name, "seed": s, "run_dir": str(run.relative_to(out)),
+                                 "describe": setup.get("describe", "")})
+    any_result = next(iter(results[cfg.baseline].values()))
+    return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": cfg.baseline, "domains": domains,
+            "benchmark": (cfg.run.get("data") or {}).get("benchmark", "synthetic_domains"),
+            "test": any_result["test"], "methods": methods,
+            "per_domain": {name: {str(s): rows for s, rows in per[name].items()} for name in names},
+            "sub_runs": sub_runs, "command": command}
+
+
+def _ci(s: dict, digits: int = 3) -> str:
+    if not math.isfinite(s["mean"]):
+        return "–"
+    lo, hi = s["ci95"]
+    return f"{s['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _plain(s: dict, digits: int = 2) -> str:
+    return "–" if not math.isfinite(s["mean"]) else f"{s['mean']:.{digits}f}"
+
+
+def render(report: dict) -> str:
+    """The report as markdown: the summary table, the per-domain table, the sub-runs and the plots."""
+    m, base = report["methods"], report["baseline"]
+    t = report["test"]
+    seeds = report["seeds"]
+    lines = [
+        f"# Protocol {report['name']}: {len(m)} methods on {len(report['domains'])} held-out domains of "
+        f"{report['benchmark']}",
+        "",
+        f"Seeds {seeds}. Each method's policy answers {t['eval_prompts']} held-out prompts per domain (one "
+        "temperature-1 sample each, the same prompts and per-domain keys for every method). Reward models guide the "
+        f"KL-regularised projected solver from the reference policy on {t['prompts']} prompts x "
+        f"{t['samples_per_prompt']} reference samples per domain. Means over seeds and domains with 95% two-level "
+        f"bootstrap intervals (seeds, then domains); win rates count ties as ½; the baseline is {m[base]['label']}.",
+        "",
+        f"| method | gold reward | gain over reference | win rate vs reference | win rate vs {base} | "
+        f"minus {base} | KL to reference | length | RM pair acc | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in m.items():
+        secs = "–" if s["train_seconds"] is None else f"{s['train_seconds']:.0f}"
+        lines.append(f"| {s['label']} | {_ci(s['gold'])} | {_ci(s['gain'])} | {_plain(s['win_ref'])} | "
+                     f"{_plain(s['win_base'])} | {_ci(s['minus_base'])} | {_plain(s['kl'])} | "
+                     f"{_plain(s['length'], 1)} | {_plain(s['rm_acc'])} | {secs} |")
+    names = list(m)
+    lines += ["", "Per held-out domain: gold reward of each method's policy (mean over seeds).", "",
+              "| domain | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, domain in enumerate(report["domains"]):
+        cells = [f"{np.mean([report['per_domain'][n][str(s)][i]['gold'] for s in seeds]):+.3f}" for n in names]
+        lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    lines += ["", "Sub-runs:", ""] + [f"- {r['method']}, seed {r['seed']} (`{r['run_dir']}`): {r['describe']}"
+                                      for r in report["sub_runs"]]
+    lines += ["", "Where each method comes from:", ""] + \
+        [f"- {s['label']}: {s['source']}" for s in m.values() if s["source"]]
+    lines += ["", "Plots: `plots/win_rates.png`, `plots/gains.png`, `plots/training.png`. All numbers: "
+              "`report.json`, `per_domain.csv`."]
+    if report.get("command"):
+        lines += ["", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(report: dict, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "seed", *("domain", *MEASURES)])
+        for name, by_seed in report["per_domain"].items():
+            for seed, rows in by_seed.items():
+                for r in rows:
+                    writer.writerow([name, seed, r["domain"], *(r[k] for k in MEASURES)])
+
+
+def write_plots(report: dict, out: Path) -> list[Path]:
+    """The three PNGs under out/plots (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    m, seeds, domains = report["methods"], report["seeds"], report["domains"]
+    names = [n for n in m if n != "reference"]
+    paths = []
+
+    grid = np.array([[np.mean([report["per_domain"][n][str(s)][i]["win_ref"] for s in seeds]) for n in names]
+                     for i in range(len(domains))])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names), 1.0 + 0.28 * len(domains)))
+    image = ax.imshow(grid, cmap="RdBu", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(domains)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(domains)), domains, fontsize=6)
+    ax.set_title("gold win rate over the reference policy", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    paths.append(plots / "win_rates.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.35 * len(m)), sharey=True)
+    for ax, key, title in ((axes[0], "gain", "gold gain over the reference policy"),
+                           (axes[1], "minus_base", f"gold minus {report['baseline']}'s")):
+        for j, n in enumerate(m):
+            s = m[n][key]
+            if math.isfinite(s["mean"]):
+                ax.errorbar([s["mean"]], [j], xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], fmt="o",
+                            capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=8)
+    axes[0].set_yticks(range(len(m)), [m[n]["label"] for n in m], fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    paths.append(plots / "gains.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    trained = report["sub_runs"]
+    kinds = list(dict.fromkeys(r["method"] for r in trained)) or ["(none)"]
+    cols = min(4, len(kinds))
+    rows = -(-len(kinds) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[len(kinds):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, kinds):
+        for r in (x for x in trained if x["method"] == name):
+            path = out / r["run_dir"] / "metrics.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+            points = [(x["step"], x["loss"]) for x in rows if x.get("kind") == "train" and "loss" in x]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=f"seed {r['seed']}")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for row in axes:
+        row[0].set_ylabel("training loss", fontsize=7)
+    fig.tight_layout()
+    paths.append(plots / "training.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(report: dict, out: Path) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(render(report))
+    write_csv(report, out / "per_domain.csv")
+    write_plots(report, out)
+
+
+__all__ = ["MEASURES", "build_report", "domain_rows", "render", "write_csv", "write_plots", "write_report"]

@@ -1,0 +1,237 @@
+"""Running a protocol: every method trained on the meta-train domains for every seed, tested on the held-out
+domains with the same prompts and keys, then reported (`metapl.protocol.report`).
+
+    cfg = load_protocol("experiments/configs/protocol_quickstart.yaml")
+    report = run_protocol(cfg, Path("runs/quickstart"))
+
+The output directory holds `protocol.yaml` (the resolved protocol), `configs/<method>_seed<S>.yaml` (each sub-run's
+resolved config, written before it trains), `runs/<method>/seed<S>/` (the sub-runs), `results/` (each test's
+result and the tuning, cached) and the report (`report.{json,md}`, `per_domain.csv`, `plots/`). Re-running reuses
+every finished sub-run and cached result and resumes an unfinished one from its last checkpoint; a sub-run whose
+stored config differs from the protocol's is an error (choose another output directory), never silently mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from metapl.config import ConfigError, to_dict
+from metapl.meta.evaluate import MetaTestConfig
+from metapl.protocol.config import ProtocolConfig, protocol_mapping
+from metapl.protocol.methods import Method, method
+from metapl.runs import meta_test, policy_test, prepare_run_dir, read_run_config, train, tune_solver
+from metapl.train.checkpoints import checkpoint_manager
+from metapl.train.spec import run_config_from_dict
+
+# Rough cost of one training step relative to a Bradley–Terry step, for the ETA before a method has run once.
+STEP_COST = {"meta": 8.0, "meta_onpolicy": 12.0, "rloo": 4.0, "ppo": 4.0, "tree_rm": 2.0}
+TEST_COST = 40.0  # one held-out test, in the same units
+
+
+@dataclasses.dataclass
+class Stage:
+    kind: str  # "train" | "tune" | "test"
+    method: str
+    seed: int | None
+    weight: float
+    seconds: float | None = None
+
+
+def ordered_methods(cfg: ProtocolConfig) -> list[str]:
+    """The protocol's methods with every method after those whose runs it uses."""
+    order: list[str] = []
+
+    def visit(name):
+        if name not in order:
+            for needed in method(name).needs:
+                visit(needed)
+            order.append(name)
+
+    for name in cfg.methods:
+        visit(name)
+    return order
+
+
+def plan(cfg: ProtocolConfig) -> list[Stage]:
+    """Every stage in order: per seed, each trained method's training; then tuning (if a solver grid is given);
+    then per seed, each method's held-out test."""
+    names = ordered_methods(cfg)
+    stages = [Stage("train", n, s, cfg.steps(n) * STEP_COST.get(n, 1.0))
+              for s in cfg.seeds for n in names if method(n).algo]
+    if cfg.solver_grid:
+        stages += [Stage("tune", n, None, TEST_COST * len(cfg.solver_grid) * len(cfg.seeds))
+                   for n in names if method(n).kind in ("reward", "oracle")]
+    stages += [Stage("test", n, s, TEST_COST) for s in cfg.seeds for n in names if method(n).kind != "reference"]
+    return stages
+
+
+class Progress:
+    """One line per stage with the elapsed time and an ETA for the whole protocol (costs re-estimated from the
+    stages already timed)."""
+
+    def __init__(self, stages: list[Stage], enabled: bool):
+        self.stages, self.enabled, self.t0 = stages, enabled, time.perf_counter()
+
+    def eta(self) -> float | None:
+        timed = [s for s in self.stages if s.seconds is not None and s.seconds > 1.0]
+        if not timed:
+            return None
+        rate = sum(s.seconds for s in timed) / sum(s.weight for s in timed)
+        return rate * sum(s.weight for s in self.stages if s.seconds is None)
+
+    def say(self, i: int, message: str) -> None:
+        if not self.enabled:
+            return
+        eta = self.eta()
+        tail = f"elapsed {_clock(time.perf_counter() - self.t0)}" + (f", ETA {_clock(eta)}" if eta is not None else "")
+        print(f"[metapl protocol] ({i + 1}/{len(self.stages)}) {message} · {tail}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def run_dir_of(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / name / f"seed{seed}"
+
+
+def sub_run_mapping(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> dict:
+    """The resolved sub-run mapping: the protocol's settings, one evaluation and one checkpoint at the end unless
+    the settings say otherwise, and the seed's BT run as reward model where the method needs one."""
+    data = cfg.run_mapping(name, seed)
+    steps = data["steps"]
+    data.setdefault("eval_every", steps)
+    data.setdefault("checkpoint_every", steps)
+    if method(name).bt_reward:
+        data["reward"] = dict(data.get("reward") or {}, model=str(run_dir_of(out, "bt", seed)))
+    return data
+
+
+def train_sub_run(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> tuple[Path, bool]:
+    """(run directory, reused?): a finished sub-run is reused, an unfinished one resumed, a new one trained."""
+    data = sub_run_mapping(cfg, out, name, seed)
+    wanted = run_config_from_dict(dict(data))
+    config_file = out / "configs" / f"{name}_seed{seed}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(to_dict(wanted), sort_keys=False))
+    run_dir = run_dir_of(out, name, seed)
+    resume = (run_dir / "config.yaml").exists()
+    if resume:
+        stored = to_dict(read_run_config(run_dir))
+        differ = sorted(k for k, v in to_dict(wanted).items() if stored.get(k) != v)
+        if differ:
+            raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differ)} differ from "
+                              f"{config_file}); choose another output directory for a changed protocol")
+        if checkpoint_manager(run_dir).latest_step() == wanted.steps:
+            return run_dir, True
+    run = prepare_run_dir(run_dir, None if resume else str(config_file), [], resume=resume)
+    train(run_dir, run, resume=resume, progress=False)
+    return run_dir, False
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def tuned_setting(cfg: ProtocolConfig, out: Path, name: str) -> dict:
+    """The validation-chosen solver setting of a reward method or the oracle (cached in results/tuning.json);
+    {} without a solver grid (the test's settings, else the run's own `meta` section)."""
+    if not cfg.solver_grid:
+        return {}
+    path = out / "results" / "tuning.json"
+    done = _read(path) or {}
+    if name not in done:
+        source = "bt" if method(name).kind == "oracle" else name
+        trial = dataclasses.replace(cfg.test, reward="gold" if method(name).kind == "oracle" else "model")
+        runs = [run_dir_of(out, source, s) for s in cfg.seeds]
+        done[name] = tune_solver(runs, [dict(x) for x in cfg.solver_grid], trial, progress=False)
+        _write(path, done)
+    return done[name]["best"]
+
+
+def test_method(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
+    """The held-out result of method `m` and `seed` (cached in results/<method>_seed<S>.json)."""
+    path = out / "results" / f"{m.name}_seed{seed}.json"
+    cached = _read(path)
+    if cached is not None:
+        return cached
+    test: MetaTestConfig = cfg.test
+    if m.kind == "policy":
+        result = policy_test(run_dir_of(out, m.name, seed), "heldout", test, write=False)
+    else:
+        source = "bt" if m.kind == "oracle" else m.name
+        trial = dataclasses.replace(test, reward="gold" if m.kind == "oracle" else "model",
+                                    **tuned_setting(cfg, out, m.name))
+        result = meta_test(run_dir_of(out, source, seed), "heldout", trial, write=False, progress=False)
+    _write(path, result)
+    return result
+
+
+def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True, command: str = "") -> dict:
+    """Train, tune and test every method of `cfg` under `out`, then write the report; returns it."""
+    from metapl.protocol.report import build_report, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = out / "protocol.yaml"
+    mapping = protocol_mapping(cfg)
+    if stored.exists() and yaml.safe_load(stored.read_text()) != yaml.safe_load(yaml.safe_dump(mapping)):
+        raise ConfigError(f"{stored} holds another protocol; choose another output directory (or delete it)")
+    stored.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    stages = plan(cfg)
+    report = Progress(stages, progress)
+    results: dict[str, dict[int, dict]] = {}
+    timings: dict[str, dict[int, float]] = {}
+    for i, stage in enumerate(stages):
+        t0 = time.perf_counter()
+        m = method(stage.method)
+        if stage.kind == "train":
+            report.say(i, f"training {m.name} (seed {stage.seed}, {cfg.steps(m.name)} steps)")
+            _, reused = train_sub_run(cfg, out, m.name, stage.seed)
+            seconds = _training_seconds(out, m.name, stage.seed, None if reused else time.perf_counter() - t0)
+            timings.setdefault(m.name, {})[stage.seed] = seconds
+            if reused:
+                stage.weight = 0.0  # nothing left to do: not a measure of the method's cost
+        elif stage.kind == "tune":
+            report.say(i, f"tuning {m.name}'s solver on the validation split ({len(cfg.solver_grid)} settings)")
+            tuned_setting(cfg, out, m.name)
+        else:
+            report.say(i, f"testing {m.name} (seed {stage.seed}) on the held-out domains")
+            results.setdefault(m.name, {})[stage.seed] = test_method(cfg, out, m, stage.seed)
+        stage.seconds = time.perf_counter() - t0
+    full = build_report(cfg, out, results, timings, command=command)
+    write_report(full, out)
+    if progress:
+        print(f"[metapl protocol] done in {_clock(time.perf_counter() - report.t0)}: {out / 'report.md'}",
+              file=sys.stderr, flush=True)
+    return full
+
+
+def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> float | None:
+    """The wall-clock training seconds of a sub-run, summed over the invocations that trained it (kept in
+    results/train_seconds.json); `spent`: this invocation's, None when the run was reused."""
+    path = out / "results" / "train_seconds.json"
+    done = _read(path) or {}
+    key = f"{name}_seed{seed}"
+    if spent is not None:
+        done[key] = done.get(key, 0.0) + spent
+        _write(path, done)
+    return done.get(key)
+
+
+__all__ = ["Stage", "ordered_methods", "plan", "run_dir_of", "run_protocol", "sub_run_mapping", "test_method",
+           "train_sub_run", "tuned_setting"]

@@ -1,0 +1,122 @@
+"""The OOD protocol: its config and errors, the stage plan, the report against hand-computed rows, and a tiny
+protocol end to end (every file written, finished sub-runs reused, a changed protocol refused)."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from metapl.cli import main
+from metapl.config import ConfigError
+from metapl.protocol import load_protocol, plan, protocol_from_mapping, run_protocol
+from metapl.protocol.report import domain_rows
+from metapl.protocol.runner import ordered_methods, sub_run_mapping
+
+TINY_RUN = {"data": {"benchmark": "mechanism_domains", "mechanisms": {"attributes": 2},
+                     "synthetic": {"num_domains": 12, "num_heldout": 6, "pairs_per_domain": 16}},
+            "model": {"hidden_size": 16, "num_layers": 1}}
+TINY_TEST = {"prompts": 2, "eval_prompts": 3, "samples_per_prompt": 2, "bootstrap": 200, "domains_per_batch": 2}
+
+
+def _tiny(**changes):
+    data = {"name": "tiny", "seeds": [0], "run": TINY_RUN, "baseline": "bt", "test": TINY_TEST,
+            "methods": {"rloo": {"steps": 2}, "bt": {"steps": 3}, "reference": {}, "gold": {}, "dpo": {"steps": 3}}}
+    data.update(changes)
+    return protocol_from_mapping(data)
+
+
+def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("methods:\n  rloo: {steps: 5}\n  bt: {run: {data: {batch_size: 4}}}\n  dpo: {}\n"
+                    "run:\n  data: {benchmark: mechanism_domains, batch_size: 2}\n  optim: {learning_rate: 0.01}\n")
+    cfg = load_protocol(path, ["methods.dpo.steps=7"])
+    assert list(cfg.methods) == ["rloo", "bt", "dpo"]
+    assert ordered_methods(cfg) == ["bt", "rloo", "dpo"]  # rloo is rewarded by bt's run
+    assert cfg.steps("dpo") == 7 and cfg.steps("bt") == 150  # given, the method's default
+    bt = sub_run_mapping(cfg, tmp_path, "bt", 3)
+    assert bt["data"] == {"benchmark": "mechanism_domains", "batch_size": 4} and bt["optim"]["learning_rate"] == 0.01
+    assert (bt["algo"], bt["steps"], bt["seed"], bt["eval_every"], bt["checkpoint_every"]) == ("rm", 150, 3, 150, 150)
+    rloo = sub_run_mapping(cfg, tmp_path, "rloo", 3)
+    assert rloo["reward"]["model"] == str(tmp_path / "runs" / "bt" / "seed3") and rloo["data"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"methods": {"dpo": {}, "sft": {}}}, "unknown method 'sft'; the protocol knows reference, bt"),
+    ({"methods": {"rloo": {}}, "baseline": "rloo"}, "methods.rloo uses the 'bt' runs: add bt to methods"),
+    ({"baseline": "meta"}, "baseline: 'meta' is not one of the methods"),
+    ({"run": {"steps": 3}}, "run.steps: the protocol sets it"),
+    ({"solver_grid": [{"beta": 0.1, "temperature": 1}]},
+     r"solver_grid\[0\]: unknown solver setting\(s\) \['temperature'\]"),
+    ({"methods": {"bt": {"steps": 0}}}, "methods.bt.steps must be >= 1"),
+    ({"methods": {"bt": {"stepz": 3}}}, r"unknown key\(s\) methods.bt.stepz"),
+    ({"seeds": [0, 0]}, r"seeds: \[0, 0\] repeats a seed"),
+    ({"test": {"prompts": "many"}}, "test.prompts: expected an integer"),
+])
+def test_bad_settings_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _tiny(**changes)
+
+
+def test_the_plan_trains_what_others_use_first_and_tunes_only_with_a_grid():
+    cfg = _tiny(seeds=[0, 1])
+    stages = [(s.kind, s.method, s.seed) for s in plan(cfg)]
+    assert stages[:3] == [("train", "bt", 0), ("train", "rloo", 0), ("train", "dpo", 0)]
+    assert [s for s in stages if s[0] == "tune"] == []
+    assert ("test", "reference", 0) not in stages and ("test", "gold", 1) in stages
+    tuned = plan(_tiny(solver_grid=[{"beta": 0.1}, {"beta": 1.0}]))
+    assert [(s.kind, s.method) for s in tuned if s.kind == "tune"] == [("tune", "bt"), ("tune", "gold")]
+
+
+def _row(domain, adapted, reference, adapted_samples, reference_samples, **extra):
+    return {"domain": domain, "gold_adapted": adapted, "gold_reference": reference, "win_rate": extra.pop("win", 0.5),
+            "gold_adapted_samples": adapted_samples, "gold_reference_samples": reference_samples,
+            "rm_pair_accuracy": extra.pop("acc", float("nan")), "kl": 0.2, "length_adapted": 4.0,
+            "length_reference": 5.0, **extra}
+
+
+def test_domain_rows_by_hand():
+    base = {"per_domain": [_row("d0", 0.5, 0.2, [1.0, 0.0], [0.1, 0.3]), _row("d1", 0.1, 0.0, [0.2, 0.0], [0.0, 0.0])]}
+    mine = {"per_domain": [_row("d0", 0.7, 0.2, [1.0, 0.4], [0.1, 0.3], win=1.0, acc=0.75),
+                           _row("d1", 0.0, 0.0, [0.0, 0.0], [0.0, 0.0], win=0.5, acc=0.5)]}
+    rows = domain_rows("meta", mine, base)
+    assert rows[0] == pytest.approx({"domain": "d0", "gold": 0.7, "gain": 0.5, "win_ref": 1.0, "win_base": 0.75,
+                                     "minus_base": 0.2, "kl": 0.2, "length": 4.0, "rm_acc": 0.75})
+    assert rows[1]["win_base"] == 0.25 and rows[1]["minus_base"] == pytest.approx(-0.1)  # a tie and a loss
+    ref = domain_rows("reference", None, base)
+    assert ref[0] == pytest.approx({"domain": "d0", "gold": 0.2, "gain": 0.0, "win_ref": 0.5, "win_base": 0.5,
+                                    "minus_base": -0.3, "kl": 0.0, "length": 5.0, "rm_acc": float("nan")},
+                                   nan_ok=True)
+    assert math.isnan(domain_rows("dpo", mine, base)[0]["rm_acc"])  # a policy has no reward model
+
+
+def test_a_tiny_protocol_end_to_end_reuses_its_runs_and_refuses_a_changed_protocol(tmp_path, capsys):
+    cfg, out = _tiny(), tmp_path / "out"
+    report = run_protocol(cfg, out, progress=True)
+    err = capsys.readouterr().err
+    assert "(1/7) training bt (seed 0, 3 steps)" in err and "ETA" in err and "done in" in err
+    assert list(report["methods"]) == ["rloo", "bt", "reference", "gold", "dpo"] and len(report["domains"]) == 6
+    for name in ("report.md", "report.json", "per_domain.csv", "protocol.yaml", "configs/rloo_seed0.yaml",
+                 "plots/win_rates.png", "plots/gains.png", "plots/training.png"):
+        assert (out / name).exists(), name
+    with (out / "per_domain.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 5 * 6
+    bt = report["methods"]["bt"]
+    assert bt["win_base"]["mean"] == 0.5 and bt["minus_base"]["mean"] == 0.0  # the baseline against itself
+    assert "rewarded by reward-model:bt/seed0@3" in (out / "report.md").read_text()
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    again = run_protocol(cfg, out, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == stamp  # nothing retrained
+    assert json.dumps(again["methods"], sort_keys=True) == json.dumps(report["methods"], sort_keys=True)
+    with pytest.raises(ConfigError, match="holds another protocol"):
+        run_protocol(_tiny(methods={"bt": {"steps": 4}, "gold": {}}), out, progress=False)
+
+
+def test_the_cli_names_bad_input(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["protocol", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["protocol", "--out", str(tmp_path / "o"), "methods.sft={}"]) == 2
+    assert "unknown method 'sft'" in capsys.readouterr().err
+    assert main(["protocol", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such config file" in capsys.readouterr().err
