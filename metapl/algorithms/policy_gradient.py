@@ -206,13 +206,19 @@ class PPORollouts(Rollouts):
         self.left = 0  # a resumed run starts a fresh rollout
 
 
+def ppo_parameters(policy: Policy, lm: Any, seed: int) -> tuple[str, dict]:
+    """(part, trainable) of a PPO run: {part: the policy's trainable tree, "value_head": a fresh value head}, part
+    "lora" (LoRA) or "lm" (all weights)."""
+    part = "lora" if policy.uses_lora else "lm"
+    head = init_head_params(policy.config, stream_key(seed, "value_head"), backbone={})["head"]
+    return part, {part: lm, "value_head": head}
+
+
 def setup_ppo(cfg: PPORun) -> Setup:
     """PPO; the trainable tree is {"lora" (LoRA) or "lm" (all weights): the policy, "value_head": its head}."""
     policy, _, bench, lm, frozen = start_policy(cfg)
     config = policy.config
-    part = "lora" if policy.uses_lora else "lm"
-    head = init_head_params(config, stream_key(cfg.seed, "value_head"), backbone={})["head"]
-    trainable = {part: lm, "value_head": head}
+    part, trainable = ppo_parameters(policy, lm, cfg.seed)
 
     def weights(t, f):  # the policy alone: what samples and is evaluated
         return policy.weights(t[part], f)
@@ -239,5 +245,5 @@ def setup_ppo(cfg: PPORun) -> Setup:
 register(Algorithm("rloo", RLOORun, setup_rloo, "REINFORCE leave-one-out with a KL penalty, on-policy"))
 register(Algorithm("ppo", PPORun, setup_ppo, "PPO with a value head, KL-shaped rewards and GAE, on-policy"))
 
-__all__ = ["PPOLoss", "PPOOptions", "PPORollouts", "PPORun", "RLOOLoss", "RLOORun", "Rollouts", "setup_ppo",
+__all__ = ["PPOLoss", "PPOOptions", "PPORollouts", "PPORun", "ppo_parameters", "RLOOLoss", "RLOORun", "Rollouts", "setup_ppo",
            "setup_rloo"]

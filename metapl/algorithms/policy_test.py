@@ -22,6 +22,7 @@ import numpy as np
 
 from metapl.algorithms.common import start_policy
 from metapl.algorithms.offline import conditioning
+from metapl.algorithms.policy_gradient import ppo_parameters
 from metapl.config import ConfigError
 from metapl.eval.stats import win_rate
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
@@ -48,9 +49,13 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         raise ConfigError(f"{run_dir}: no checkpoint to test")
     reward_tokens, render = conditioning(cfg)
     policy, params, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens)
-    state = init_state(trainable, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
+    like, policy_part = trainable, (lambda p: p)
+    if cfg.algo == "ppo":  # the checkpoint holds the policy and its value head
+        part, like = ppo_parameters(policy, trainable, cfg.seed)
+        policy_part = lambda p: p[part]  # noqa: E731
+    state = init_state(like, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = restore_checkpoint(manager, manager.latest_step(), state)
-    trained = policy.weights(state.params, frozen)
+    trained = policy.weights(policy_part(state.params), frozen)
     reference = policy.weights(trainable, frozen)  # the run's starting point, π_ref
     spec = bench.spec
     sampling = SamplingConfig(max_new_tokens=spec.max_response_tokens, temperature=1.0, stop_token_ids=(bench.eos_id,))

@@ -120,3 +120,18 @@ def test_the_cli_names_bad_input(tmp_path, capsys):
     assert "unknown method 'sft'" in capsys.readouterr().err
     assert main(["protocol", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_every_method_of_the_registry_runs_in_a_protocol(tmp_path):
+    from metapl.protocol import METHODS
+
+    tiny_meta = {"meta": {"inner_steps": 2, "domains_per_episode": 2, "support_prompts": 2, "query_pairs": 2,
+                          "support_pool": 4, "onpolicy_samples": 2}}
+    special = {"meta": tiny_meta, "meta_onpolicy": tiny_meta, "tree_rm": {"data": {"tree_prompts": 8}},
+               **{m: {"data": {"sample_prompts": 12, "samples_per_prompt": 2}} for m in ("mle_filter", "rwr", "dt")}}
+    methods = {name: {"steps": 2, "run": special.get(name, {})} if METHODS[name].algo else {} for name in METHODS}
+    report = run_protocol(_tiny(methods=methods), tmp_path / "all", progress=False)
+    assert list(report["methods"]) == list(METHODS)
+    for name, s in report["methods"].items():
+        assert math.isfinite(s["gold"]["mean"]) and math.isfinite(s["win_base"]["mean"]), name
+        assert math.isfinite(s["rm_acc"]["mean"]) == (METHODS[name].kind == "reward"), name
