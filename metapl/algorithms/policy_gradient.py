@@ -245,5 +245,5 @@ def setup_ppo(cfg: PPORun) -> Setup:
 register(Algorithm("rloo", RLOORun, setup_rloo, "REINFORCE leave-one-out with a KL penalty, on-policy"))
 register(Algorithm("ppo", PPORun, setup_ppo, "PPO with a value head, KL-shaped rewards and GAE, on-policy"))
 
-__all__ = ["PPOLoss", "PPOOptions", "PPORollouts", "PPORun", "ppo_parameters", "RLOOLoss", "RLOORun", "Rollouts", "setup_ppo",
-           "setup_rloo"]
+__all__ = ["PPOLoss", "PPOOptions", "PPORollouts", "PPORun", "RLOOLoss", "RLOORun", "Rollouts", "ppo_parameters",
+           "setup_ppo", "setup_rloo"]
