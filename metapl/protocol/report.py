@@ -179,7 +179,8 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     image = ax.imshow(grid, cmap="RdBu", vmin=0, vmax=1, aspect="auto")
     for i in range(len(domains)):
         for j in range(len(names)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(grid[i, j] - 0.5) > 0.3 else "black")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(domains)), domains, fontsize=6)
     ax.set_title("gold win rate over the reference policy", fontsize=8)
