@@ -5,6 +5,9 @@
     metapl data show synthetic_domains --split heldout -n 3
     metapl train dpo --config experiments/configs/dpo_synthetic.yaml --run-dir runs/dpo
     metapl protocol --config experiments/configs/protocol_quickstart.yaml --out runs/quickstart
+    metapl eval --run runs/dpo
+    metapl export --run runs/dpo --out exported/dpo
+    metapl report runs/quickstart
 
 Errors in what the user asked for (unknown model, missing files, bad values) end with exit status 2 and a
 one-line reason on stderr, never a traceback.
@@ -172,6 +175,37 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from metapl.protocol import evaluate_run
+    from metapl.runs import MetaTestConfig
+    from metapl.runtime import enable_compile_cache
+
+    enable_compile_cache()
+    test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
+                          seed=args.seed)
+    result = evaluate_run(args.run, args.domains, test, progress=not args.no_progress)
+    keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "kl")
+    print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"],
+                      **{k: result[k] for k in keys if k in result}}))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from metapl.protocol import export_policy
+
+    out = export_policy(args.run, args.out, dtype=args.dtype)
+    _log(f"exported the policy of {args.run} to {out} (load it with transformers.AutoModelForCausalLM)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from metapl.protocol import report_directory
+
+    path = report_directory(args.directory)
+    print(path.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapl", description="Preference learning with language models (JAX/Flax).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -240,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. methods.bt.steps=50")
     r.set_defaults(func=_cmd_protocol)
+
+    e = sub.add_parser("eval", help="re-evaluate a run on held-out domains",
+                       description="Test the latest checkpoint of any run on the benchmark's domains: meta-test for a "
+                       "reward model (rm, tree-rm, meta; the run's own solver), policy test for a policy. Writes "
+                       "meta_test_<domains>.* or policy_test_<domains>.* into the run directory.")
+    e.add_argument("--run", required=True, help="a run directory")
+    e.add_argument("--domains", default="heldout", choices=("heldout", "validation", "train"))
+    e.add_argument("--prompts", type=_positive_int, default=16, help="optimisation prompts per domain (reward models)")
+    e.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
+    e.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="write a run's policy as a Hugging Face directory (LoRA merged)",
+                       description="Write the trained policy of a run (adapters merged into the weights) as "
+                       "config.json + model.safetensors (+ tokenizer files) that transformers loads.")
+    x.add_argument("--run", required=True, help="a run directory of a policy-training algorithm")
+    x.add_argument("--out", required=True, help="a new (or empty) directory")
+    x.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    x.set_defaults(func=_cmd_export)
+
+    q = sub.add_parser("report", help="render the tables and plots of a protocol or run directory")
+    q.add_argument("directory", help="a `metapl protocol` output directory or a run directory")
+    q.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -24,39 +25,65 @@ from metapl.algorithms.common import start_policy
 from metapl.algorithms.offline import conditioning
 from metapl.algorithms.policy_gradient import ppo_parameters
 from metapl.config import ConfigError
+from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import win_rate
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
                                   prompt_batch, response_columns, response_lines, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
 from metapl.models.logprobs import sequence_logprobs
+from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
 from metapl.train.checkpoints import checkpoint_manager, restore_checkpoint
 from metapl.train.run import read_run_config
 from metapl.train.step import init_state, make_optimizer
 
 
-def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
-                write: bool = True) -> dict:
-    """Judge the latest checkpoint of a policy run on the benchmark's `split` domains; with `write`,
-    policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`."""
+@dataclasses.dataclass
+class RestoredPolicy:
+    """A policy run read back: its config, `Policy`, benchmark, the trained and the reference weights (each
+    (params, lora) as the model functions take them), how the trained policy is prompted (`render`, None: the
+    plain prompt) and the checkpoint step."""
+
+    run_dir: Path
+    cfg: Any
+    policy: Policy
+    bench: Benchmark
+    trained: tuple
+    reference: tuple
+    render: Callable[[str], str] | None
+    step: int
+
+
+def restore_policy(run_dir: str | Path) -> RestoredPolicy:
+    """The latest checkpoint of a run that trains a policy (every algorithm but rm, tree-rm and meta)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     if cfg.algo in ("meta", "rm", "tree-rm"):
-        raise ConfigError(f"{run_dir}: a {cfg.algo!r} run trains a reward model; use meta-test")
+        raise ConfigError(f"{run_dir}: a {cfg.algo!r} run trains a reward model, not a policy; use meta-test")
     manager = checkpoint_manager(run_dir)
     if manager.latest_step() is None:
-        raise ConfigError(f"{run_dir}: no checkpoint to test")
+        raise ConfigError(f"{run_dir}: no checkpoint to read")
     reward_tokens, render = conditioning(cfg)
-    policy, params, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens)
+    policy, _, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens)
     like, policy_part = trainable, (lambda p: p)
     if cfg.algo == "ppo":  # the checkpoint holds the policy and its value head
         part, like = ppo_parameters(policy, trainable, cfg.seed)
         policy_part = lambda p: p[part]  # noqa: E731
     state = init_state(like, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = restore_checkpoint(manager, manager.latest_step(), state)
-    trained = policy.weights(policy_part(state.params), frozen)
-    reference = policy.weights(trainable, frozen)  # the run's starting point, π_ref
+    return RestoredPolicy(run_dir, cfg, policy, bench, policy.weights(policy_part(state.params), frozen),
+                          policy.weights(trainable, frozen), render, int(state.step))  # reference: the start, π_ref
+
+
+def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
+                write: bool = True) -> dict:
+    """Judge the latest checkpoint of a policy run on the benchmark's `split` domains; with `write`,
+    policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`."""
+    restored = restore_policy(run_dir)
+    run_dir, cfg, policy, bench, render = restored.run_dir, restored.cfg, restored.policy, restored.bench, \
+        restored.render
+    trained, reference = restored.trained, restored.reference
     spec = bench.spec
     sampling = SamplingConfig(max_new_tokens=spec.max_response_tokens, temperature=1.0, stop_token_ids=(bench.eos_id,))
 
@@ -100,7 +127,7 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      **response_columns(bench, samples, ratios),
                      **cross_judge_columns(bench, prompts, samples)})
     result = summarise(rows, test, solver=MetaConfig(), split=split,
-                       about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": int(state.step)})
+                       about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step})
     result["solver"] = {"kind": "none (the trained policy answers)"}
     if write:
         (run_dir / f"policy_test_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -135,4 +162,4 @@ def _render(result: dict) -> str:
     ])
 
 
-__all__ = ["policy_test"]
+__all__ = ["RestoredPolicy", "policy_test", "restore_policy"]

@@ -108,6 +108,9 @@ def test_a_tiny_protocol_end_to_end_reuses_its_runs_and_refuses_a_changed_protoc
     again = run_protocol(cfg, out, progress=False)
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == stamp  # nothing retrained
     assert json.dumps(again["methods"], sort_keys=True) == json.dumps(report["methods"], sort_keys=True)
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").exists()  # re-rendered from report.json
+    assert "# Protocol tiny: 5 methods on 6 held-out domains" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="holds another protocol"):
         run_protocol(_tiny(methods={"bt": {"steps": 4}, "gold": {}}), out, progress=False)
 
