@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metapl.algorithms.common import start_policy
 from metapl.algorithms.offline import conditioning
 from metapl.algorithms.policy_gradient import ppo_parameters
 from metapl.config import ConfigError
+from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
-from metapl.eval.stats import win_rate
+from metapl.data.srpo import DEFAULT_REVISION_TEMPLATE, revision_prompt
+from metapl.eval.stats import mean_interval, win_rate
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
                                   prompt_batch, response_columns, response_lines, summarise)
 from metapl.meta.metagrad import MetaConfig
@@ -77,9 +80,16 @@ def restore_policy(run_dir: str | Path) -> RestoredPolicy:
 
 
 def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
-                write: bool = True) -> dict:
+                write: bool = True, revisions: int = 0) -> dict:
     """Judge the latest checkpoint of a policy run on the benchmark's `split` domains; with `write`,
-    policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`."""
+    policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`.
+
+    revisions n > 0: after its direct answer y_0 the trained policy revises its own answer n times in context
+    (SRPO's inference: y_i answers `revision_prompt(x, y_{i−1})`, the benchmark's revision template, key
+    fold_in(evaluation key, i + 1)); each row then holds "gold_revisions" [n + 1], the mean gold reward of y_0..y_n,
+    and the result their summary. The direct answer stays the row's "gold_adapted", so tests keep pairing."""
+    if revisions < 0:
+        raise ConfigError(f"revisions must be >= 0, got {revisions}")
     restored = restore_policy(run_dir)
     run_dir, cfg, policy, bench, render = restored.run_dir, restored.cfg, restored.policy, restored.bench, \
         restored.render
@@ -117,6 +127,11 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
             samples[side] = {"tokens": out["tokens"][:, tp:], "response_mask": out["response_mask"][:, tp:]}
             gold[side] = np.asarray(bench.gold_scores(prompts, samples[side]["tokens"],
                                                       samples[side]["response_mask"]))
+        revised = {}
+        if revisions:
+            revised["gold_revisions"] = [float(gold["adapted"].mean())] + [
+                float(np.mean(g)) for g in revision_golds(restored, prompts, samples["adapted"], key, revisions,
+                                                          sample)]
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
                      "gold_reference": float(gold["reference"].mean()),
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
@@ -125,14 +140,38 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      "gold_reference_samples": gold["reference"].tolist(),
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
                      **response_columns(bench, samples, ratios),
-                     **cross_judge_columns(bench, prompts, samples)})
+                     **cross_judge_columns(bench, prompts, samples), **revised})
     result = summarise(rows, test, solver=MetaConfig(), split=split,
                        about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step})
     result["solver"] = {"kind": "none (the trained policy answers)"}
+    if revisions:
+        result["revisions"] = [mean_interval([r["gold_revisions"][i] for r in rows], test.bootstrap, test.seed)
+                               for i in range(revisions + 1)]
     if write:
         (run_dir / f"policy_test_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
         (run_dir / f"policy_test_{split}.md").write_text(_render(result))
     return result
+
+
+def revision_golds(restored: RestoredPolicy, prompts: list, first: dict, key, n: int, sample) -> list[np.ndarray]:
+    """The gold scores [B] of n successive in-context revisions by the trained policy, starting from its answers
+    `first` (tokens, response_mask [B, T]); `sample(weights, tokens, mask, key)` is the policy's sampler."""
+    bench, spec = restored.bench, restored.bench.spec
+    template = bench.revision_template or DEFAULT_REVISION_TEMPLATE
+    length = 2 * spec.max_prompt_tokens + spec.max_response_tokens  # x, the previous answer and the template
+    shape = SequenceShape(length, spec.max_response_tokens)
+    current, out = first, []
+    for i in range(1, n + 1):
+        answers = [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
+                   for row, keep in zip(current["tokens"], current["response_mask"])]
+        contexts = [dataclasses.replace(x, prompt=revision_prompt(x.prompt, y, template))
+                    for x, y in zip(prompts, answers)]
+        tokens, mask = prompt_arrays(contexts, bench.encode, shape, bench.pad_id, TruncationStats(), length=length)
+        s = jax.device_get(sample(restored.trained, jnp.asarray(tokens), jnp.asarray(mask),
+                                  jax.random.fold_in(key, i + 1)))
+        current = {"tokens": s["tokens"][:, length:], "response_mask": s["response_mask"][:, length:]}
+        out.append(np.asarray(bench.gold_scores(prompts, current["tokens"], current["response_mask"])))
+    return out
 
 
 def _render(result: dict) -> str:

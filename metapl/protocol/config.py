@@ -13,6 +13,7 @@
     baseline: bt                # head-to-head win rates against this method
     test: {prompts: 16, eval_prompts: 32}   # metapl.meta.evaluate.MetaTestConfig fields
     solver_grid: []             # optional: meta-test settings tuned per reward model on the validation split
+    revisions: 0                # optional: policies revise their answers n times in context (SRPO's inference)
 
 A sub-run's settings are the protocol's `run`, then the method's defaults (`metapl.protocol.methods`), then the
 method's own `run`, then algo, steps and seed; the resolved config of each sub-run is written before it trains.
@@ -52,10 +53,13 @@ class ProtocolConfig:
     baseline: str = "bt"
     test: MetaTestConfig = MetaTestConfig()
     solver_grid: tuple[dict, ...] = ()
+    revisions: int = 0  # policies also revise their answers this many times in context (SRPO's inference)
 
     def __post_init__(self):
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.revisions < 0:
+            raise ConfigError(f"revisions: expected >= 0, got {self.revisions}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: {list(self.seeds)} repeats a seed")
         for key in ("algo", "steps", "seed"):

@@ -13,7 +13,8 @@ Measures, per held-out domain (each method's test uses the same prompts and per-
 
 Files: report.json (everything), report.md (tables), per_domain.csv (one row per method, seed and domain),
 plots/win_rates.png (win rate over the reference, per domain and method), plots/gains.png (gain and difference
-to the baseline with intervals), plots/training.png (each sub-run's training loss).
+to the baseline with intervals), plots/training.png (each sub-run's training loss) and, with `revisions`,
+plots/revisions.png (each policy's gold reward after 0..n in-context revisions).
 """
 
 from __future__ import annotations
@@ -91,7 +92,14 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
                 sub_runs.append({"method": name, "seed": s, "run_dir": str(run.relative_to(out)),
                                  "describe": setup.get("describe", "")})
     any_result = next(iter(results[cfg.baseline].values()))
+    revisions = {}
+    for name in names:  # gold after 0..n in-context revisions, per policy method (means over seeds and domains)
+        per_seed = [results.get(name, {}).get(s, {}).get("per_domain", []) for s in cfg.seeds]
+        if cfg.revisions and all(rows and "gold_revisions" in rows[0] for rows in per_seed):
+            revisions[name] = [_interval([[r["gold_revisions"][i] for r in rows] for rows in per_seed], resamples)
+                               for i in range(cfg.revisions + 1)]
     return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": cfg.baseline, "domains": domains,
+            "revisions": revisions,
             "benchmark": (cfg.run.get("data") or {}).get("benchmark", "synthetic_domains"),
             "test": any_result["test"], "methods": methods,
             "per_domain": {name: {str(s): rows for s, rows in per[name].items()} for name in names},
@@ -139,6 +147,13 @@ def render(report: dict) -> str:
     for i, domain in enumerate(report["domains"]):
         cells = [f"{np.mean([report['per_domain'][n][str(s)][i]['gold'] for s in seeds]):+.3f}" for n in names]
         lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    if report.get("revisions"):
+        n = len(next(iter(report["revisions"].values()))) - 1
+        lines += ["", "In-context revisions (SRPO's inference): gold reward of each policy's answer after i "
+                  "revisions of its own previous answer (i = 0: the direct answer).", "",
+                  "| method | " + " | ".join(f"i = {i}" for i in range(n + 1)) + " |", "|---|" + "---|" * (n + 1)]
+        lines += [f"| {m[name]['label']} | " + " | ".join(_ci(s) for s in curve) + " |"
+                  for name, curve in report["revisions"].items()]
     lines += ["", "Sub-runs:", ""] + [f"- {r['method']}, seed {r['seed']} (`{r['run_dir']}`): {r['describe']}"
                                       for r in report["sub_runs"]]
     lines += ["", "Where each method comes from:", ""] + \
@@ -206,6 +221,21 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     paths.append(plots / "gains.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    if report.get("revisions"):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for name, curve in report["revisions"].items():
+            means = [c["mean"] for c in curve]
+            lo = [c["mean"] - c["ci95"][0] for c in curve]
+            hi = [c["ci95"][1] - c["mean"] for c in curve]
+            ax.errorbar(range(len(curve)), means, yerr=[lo, hi], marker="o", capsize=3, label=name)
+        ax.set_xlabel("in-context revisions")
+        ax.set_ylabel("gold reward (held-out)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(plots / "revisions.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
 
     trained = report["sub_runs"]
     kinds = list(dict.fromkeys(r["method"] for r in trained)) or ["(none)"]

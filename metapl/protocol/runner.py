@@ -171,7 +171,7 @@ def test_method(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
         return cached
     test: MetaTestConfig = cfg.test
     if m.kind == "policy":
-        result = policy_test(run_dir_of(out, m.name, seed), "heldout", test, write=False)
+        result = policy_test(run_dir_of(out, m.name, seed), "heldout", test, write=False, revisions=cfg.revisions)
     else:
         source = "bt" if m.kind == "oracle" else m.name
         trial = dataclasses.replace(test, reward="gold" if m.kind == "oracle" else "model",

@@ -138,3 +138,16 @@ def test_every_method_of_the_registry_runs_in_a_protocol(tmp_path):
     for name, s in report["methods"].items():
         assert math.isfinite(s["gold"]["mean"]) and math.isfinite(s["win_base"]["mean"]), name
         assert math.isfinite(s["rm_acc"]["mean"]) == (METHODS[name].kind == "reward"), name
+
+
+def test_policies_revise_their_answers_in_context_when_asked(tmp_path):
+    cfg = _tiny(methods={"bt": {"steps": 2}, "srpo": {"steps": 2}, "dpo": {"steps": 2}}, revisions=2)
+    report = run_protocol(cfg, tmp_path / "rev", progress=False)
+    assert set(report["revisions"]) == {"srpo", "dpo"}  # policies only; a reward model has no answer to revise
+    for name, curve in report["revisions"].items():
+        assert len(curve) == 3
+        assert curve[0]["mean"] == pytest.approx(report["methods"][name]["gold"]["mean"])  # i = 0: the direct answer
+    assert (tmp_path / "rev" / "plots" / "revisions.png").exists()
+    assert "In-context revisions" in (tmp_path / "rev" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="revisions: expected >= 0"):
+        _tiny(revisions=-1)
