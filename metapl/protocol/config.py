@@ -72,13 +72,13 @@ class ProtocolConfig:
                     raise ConfigError(f"methods.{name} uses the {needed!r} runs: add {needed} to methods")
         if self.baseline not in self.methods:
             raise ConfigError(f"baseline: {self.baseline!r} is not one of the methods ({', '.join(names)})")
+        if method(self.baseline).kind == "reference":
+            raise ConfigError("baseline: every method is already compared with the reference policy (gain, win rate "
+                              "vs reference); choose a method that is tested, e.g. bt")
         for i, setting in enumerate(self.solver_grid):
             unknown = sorted(set(setting) - set(SOLVER_KEYS))
             if unknown:
                 raise ConfigError(f"solver_grid[{i}]: unknown solver setting(s) {unknown}; use {list(SOLVER_KEYS)}")
-
-    def settings(self, name: str) -> MethodSettings:
-        return self.methods[name]
 
     def steps(self, name: str) -> int:
         return self.methods[name].steps or method(name).steps

@@ -70,7 +70,7 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
                  timings: dict[str, dict[int, float | None]], command: str = "") -> dict:
     """The report of a finished protocol: `results[method][seed]` are the held-out tests (meta_test / policy_test
     layout), `timings[method][seed]` the training seconds."""
-    names = [n for n in cfg.methods]
+    names = list(cfg.methods)
     per: dict[str, dict[int, list[dict]]] = {}
     for name in names:
         per[name] = {s: domain_rows(name, results.get(name, {}).get(s), results[cfg.baseline][s])

@@ -163,7 +163,7 @@ def tuned_setting(cfg: ProtocolConfig, out: Path, name: str) -> dict:
     return done[name]["best"]
 
 
-def test_method(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
+def held_out_result(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
     """The held-out result of method `m` and `seed` (cached in results/<method>_seed<S>.json)."""
     path = out / "results" / f"{m.name}_seed{seed}.json"
     cached = _read(path)
@@ -193,30 +193,30 @@ def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True,
         raise ConfigError(f"{stored} holds another protocol; choose another output directory (or delete it)")
     stored.write_text(yaml.safe_dump(mapping, sort_keys=False))
     stages = plan(cfg)
-    report = Progress(stages, progress)
+    log = Progress(stages, progress)
     results: dict[str, dict[int, dict]] = {}
     timings: dict[str, dict[int, float]] = {}
     for i, stage in enumerate(stages):
         t0 = time.perf_counter()
         m = method(stage.method)
         if stage.kind == "train":
-            report.say(i, f"training {m.name} (seed {stage.seed}, {cfg.steps(m.name)} steps)")
+            log.say(i, f"training {m.name} (seed {stage.seed}, {cfg.steps(m.name)} steps)")
             _, reused = train_sub_run(cfg, out, m.name, stage.seed)
             seconds = _training_seconds(out, m.name, stage.seed, None if reused else time.perf_counter() - t0)
             timings.setdefault(m.name, {})[stage.seed] = seconds
             if reused:
                 stage.weight = 0.0  # nothing left to do: not a measure of the method's cost
         elif stage.kind == "tune":
-            report.say(i, f"tuning {m.name}'s solver on the validation split ({len(cfg.solver_grid)} settings)")
+            log.say(i, f"tuning {m.name}'s solver on the validation split ({len(cfg.solver_grid)} settings)")
             tuned_setting(cfg, out, m.name)
         else:
-            report.say(i, f"testing {m.name} (seed {stage.seed}) on the held-out domains")
-            results.setdefault(m.name, {})[stage.seed] = test_method(cfg, out, m, stage.seed)
+            log.say(i, f"testing {m.name} (seed {stage.seed}) on the held-out domains")
+            results.setdefault(m.name, {})[stage.seed] = held_out_result(cfg, out, m, stage.seed)
         stage.seconds = time.perf_counter() - t0
     full = build_report(cfg, out, results, timings, command=command)
     write_report(full, out)
     if progress:
-        print(f"[metapl protocol] done in {_clock(time.perf_counter() - report.t0)}: {out / 'report.md'}",
+        print(f"[metapl protocol] done in {_clock(time.perf_counter() - log.t0)}: {out / 'report.md'}",
               file=sys.stderr, flush=True)
     return full
 
@@ -233,5 +233,5 @@ def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> f
     return done.get(key)
 
 
-__all__ = ["Stage", "ordered_methods", "plan", "run_dir_of", "run_protocol", "sub_run_mapping", "test_method",
+__all__ = ["Stage", "held_out_result", "ordered_methods", "plan", "run_dir_of", "run_protocol", "sub_run_mapping",
            "train_sub_run", "tuned_setting"]

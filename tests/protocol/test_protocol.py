@@ -45,6 +45,7 @@ def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
     ({"methods": {"dpo": {}, "sft": {}}}, "unknown method 'sft'; the protocol knows reference, bt"),
     ({"methods": {"rloo": {}}, "baseline": "rloo"}, "methods.rloo uses the 'bt' runs: add bt to methods"),
     ({"baseline": "meta"}, "baseline: 'meta' is not one of the methods"),
+    ({"baseline": "reference"}, "baseline: every method is already compared with the reference policy"),
     ({"run": {"steps": 3}}, "run.steps: the protocol sets it"),
     ({"solver_grid": [{"beta": 0.1, "temperature": 1}]},
      r"solver_grid\[0\]: unknown solver setting\(s\) \['temperature'\]"),
