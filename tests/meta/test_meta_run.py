@@ -135,7 +135,7 @@ def test_meta_test_refuses_other_runs(tmp_path):
     d = tmp_path / "dpo"
     not_meta = [o for o in TINY[1:] if not o.startswith("meta.")]  # a dpo run takes no meta section
     train(d, prepare_run_dir(d, None, ["algo=dpo"] + not_meta + ["steps=1"], False), progress=False)
-    with pytest.raises(ConfigError, match="needs a `meta` or `rm` run"):
+    with pytest.raises(ConfigError, match="needs a `meta`, `rm` or `tree-rm` run"):
         meta_test(d, progress=False)
 
 
