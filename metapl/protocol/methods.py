@@ -8,7 +8,8 @@ Kinds of method:
   policy     a policy trained on the meta-train domains answering the held-out prompts (`policy_test`).
 
 Methods that need a reward model to train (`rloo`, `ppo`, the offline methods) are rewarded by the same seed's
-Bradley–Terry run (`reward.model`), so every method learns from the same labelled pairs: the feedback budget.
+Bradley–Terry run (`reward.model`), so they learn from the same labelled pairs as the others: the feedback
+budget. The exception is `tree_rm`, which labels the comparisons of the trees it grows with the gold judge.
 """
 
 from __future__ import annotations
