@@ -31,7 +31,7 @@ from metapl.data.benchmarks import Benchmark
 from metapl.data.srpo import DEFAULT_REVISION_TEMPLATE, revision_prompt
 from metapl.eval.stats import mean_interval, win_rate
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
-                                  prompt_batch, response_columns, response_lines, summarise)
+                                  prompt_batch, response_columns, response_lines, response_texts, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
 from metapl.models.logprobs import sequence_logprobs
@@ -139,7 +139,7 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "gold_reference_samples": gold["reference"].tolist(),
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
-                     **response_columns(bench, samples, ratios),
+                     **response_columns(bench, samples, ratios), **response_texts(bench, prompts, samples),
                      **cross_judge_columns(bench, prompts, samples), **revised})
     result = summarise(rows, test, solver=MetaConfig(), split=split,
                        about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step})

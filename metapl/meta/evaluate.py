@@ -284,6 +284,17 @@ def response_columns(bench, samples: dict[str, dict], log_ratios) -> dict:
             "length_reference": length(samples["reference"])}
 
 
+def response_texts(bench, prompts: list, samples: dict[str, dict]) -> dict:
+    """A row's texts: the prompts and both policies' decoded responses (eos dropped), for judges that read text
+    (e.g. an LLM judge comparing two methods' answers to the same prompts)."""
+    def texts(s):
+        return [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
+                for row, keep in zip(np.asarray(s["tokens"]), np.asarray(s["response_mask"]))]
+
+    return {"prompts": [p.prompt for p in prompts], "responses_adapted": texts(samples["adapted"]),
+            "responses_reference": texts(samples["reference"])}
+
+
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],
           test: MetaTestConfig, progress: bool = False) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
@@ -306,6 +317,7 @@ def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outpu
                      "inner_loss_first": float(out["inner_losses"][0]),
                      "inner_loss_last": float(out["inner_losses"][-1]),
                      **response_columns(bench, out, out["log_ratios"]),
+                     **response_texts(bench, prompts, out),
                      **cross_judge_columns(bench, prompts, {side: out[side] for side in ("adapted", "reference")})})
         if progress:
             r = rows[-1]
@@ -426,4 +438,4 @@ def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig 
 
 __all__ = ["MetaTestConfig", "RestoredReward", "adapt_and_sample", "domain_key", "judge", "meta_test",
            "pair_accuracy", "pair_accuracy_fn", "prompt_batch", "render", "response_columns", "response_lines",
-           "restore_reward_model", "solver_config", "summarise"]
+           "response_texts", "restore_reward_model", "solver_config", "summarise"]

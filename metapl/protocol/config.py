@@ -14,6 +14,7 @@
     test: {prompts: 16, eval_prompts: 32}   # metapl.meta.evaluate.MetaTestConfig fields
     solver_grid: []             # optional: meta-test settings tuned per reward model on the validation split
     revisions: 0                # optional: policies revise their answers n times in context (SRPO's inference)
+    judge: {base_url: http://127.0.0.1:8000/v1, model: NAME}   # optional: LLM win rates (metapl.eval.HttpJudge)
 
 A sub-run's settings are the protocol's `run`, then the method's defaults (`metapl.protocol.methods`), then the
 method's own `run`, then algo, steps and seed; the resolved config of each sub-run is written before it trains.
@@ -26,6 +27,7 @@ import dataclasses
 from pathlib import Path
 
 from metapl.config import ConfigError, from_dict, read_mapping, to_dict
+from metapl.eval.http_judge import HttpJudge
 from metapl.meta.evaluate import MetaTestConfig
 from metapl.protocol.methods import method
 
@@ -54,12 +56,21 @@ class ProtocolConfig:
     test: MetaTestConfig = MetaTestConfig()
     solver_grid: tuple[dict, ...] = ()
     revisions: int = 0  # policies also revise their answers this many times in context (SRPO's inference)
+    judge: dict = dataclasses.field(default_factory=dict)  # an LLM judge over HTTP (`metapl.eval.HttpJudge` fields)
 
     def __post_init__(self):
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if self.revisions < 0:
             raise ConfigError(f"revisions: expected >= 0, got {self.revisions}")
+        if self.judge:
+            missing = [k for k in ("base_url", "model") if k not in self.judge]
+            if missing:
+                raise ConfigError(f"judge: give {' and '.join(missing)} (an OpenAI-compatible API and its model)")
+            try:
+                HttpJudge(**self.judge)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"judge: {e}") from None
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: {list(self.seeds)} repeats a seed")
         for key in ("algo", "steps", "seed"):

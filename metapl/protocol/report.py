@@ -30,7 +30,8 @@ from metapl.eval.stats import two_level_interval, win_rate
 from metapl.protocol.config import ProtocolConfig
 from metapl.protocol.methods import method
 
-MEASURES = ("gold", "gain", "win_ref", "win_base", "minus_base", "kl", "length", "rm_acc")
+MEASURES = ("gold", "gain", "win_ref", "win_base", "minus_base", "kl", "length", "rm_acc", "llm_win_ref",
+            "llm_win_base")
 
 
 def domain_rows(name: str, result: dict, baseline: dict) -> list[dict]:
@@ -53,7 +54,10 @@ def domain_rows(name: str, result: dict, baseline: dict) -> list[dict]:
             "win_ref": 0.5 if name == "reference" else r["win_rate"],
             "win_base": win_rate(samples, b["gold_adapted_samples"]) if samples is not None else nan,
             "minus_base": gold - b["gold_adapted"], "kl": kl, "length": length,
-            "rm_acc": r.get("rm_pair_accuracy", nan) if method(name).kind == "reward" else nan})
+            "rm_acc": r.get("rm_pair_accuracy", nan) if method(name).kind == "reward" else nan,
+            "llm_win_ref": 0.5 if name == "reference" and "llm_win_ref" in b else r.get("llm_win_ref", nan),
+            "llm_win_base": (1.0 - b["llm_win_ref"]) if name == "reference" and "llm_win_ref" in b
+            else r.get("llm_win_base", nan)})
     return rows
 
 
@@ -99,7 +103,7 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
             revisions[name] = [_interval([[r["gold_revisions"][i] for r in rows] for rows in per_seed], resamples)
                                for i in range(cfg.revisions + 1)]
     return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": cfg.baseline, "domains": domains,
-            "revisions": revisions,
+            "revisions": revisions, "judge": cfg.judge.get("model", "") if cfg.judge else "",
             "benchmark": (cfg.run.get("data") or {}).get("benchmark", "synthetic_domains"),
             "test": any_result["test"], "methods": methods,
             "per_domain": {name: {str(s): rows for s, rows in per[name].items()} for name in names},
@@ -141,6 +145,10 @@ def render(report: dict) -> str:
         lines.append(f"| {s['label']} | {_ci(s['gold'])} | {_ci(s['gain'])} | {_plain(s['win_ref'])} | "
                      f"{_plain(s['win_base'])} | {_ci(s['minus_base'])} | {_plain(s['kl'])} | "
                      f"{_plain(s['length'], 1)} | {_plain(s['rm_acc'])} | {secs} |")
+    if any(math.isfinite(s["llm_win_ref"]["mean"]) for s in m.values()):
+        lines += ["", f"LLM judge ({report.get('judge', 'HTTP')}): win rate of each method's answers, ties ½, "
+                  "each pair asked in both orders.", "", f"| method | vs reference | vs {base} |", "|---|---|---|"]
+        lines += [f"| {s['label']} | {_ci(s['llm_win_ref'], 2)} | {_ci(s['llm_win_base'], 2)} |" for s in m.values()]
     names = list(m)
     lines += ["", "Per held-out domain: gold reward of each method's policy (mean over seeds).", "",
               "| domain | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

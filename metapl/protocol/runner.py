@@ -213,12 +213,41 @@ def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True,
             log.say(i, f"testing {m.name} (seed {stage.seed}) on the held-out domains")
             results.setdefault(m.name, {})[stage.seed] = held_out_result(cfg, out, m, stage.seed)
         stage.seconds = time.perf_counter() - t0
+    if cfg.judge:
+        if progress:
+            print(f"[metapl protocol] asking the LLM judge {cfg.judge['model']} at {cfg.judge['base_url']}",
+                  file=sys.stderr, flush=True)
+        llm_judged(cfg, out, results)
     full = build_report(cfg, out, results, timings, command=command)
     write_report(full, out)
     if progress:
         print(f"[metapl protocol] done in {_clock(time.perf_counter() - log.t0)}: {out / 'report.md'}",
               file=sys.stderr, flush=True)
     return full
+
+
+def llm_judged(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, dict]]) -> None:
+    """Adds to every held-out row the LLM judge's win rate of the method's answers over the reference policy's
+    ("llm_win_ref") and over the baseline method's ("llm_win_base"), on the same prompts (ties ½). Verdicts are
+    cached in results/judge_cache, so a re-run asks only what is new."""
+    from metapl.data.schemas import PromptExample
+    from metapl.eval.http_judge import HttpJudge
+
+    judge = HttpJudge(**{"cache_dir": str(out / "results" / "judge_cache"), "progress": True, **cfg.judge})
+    for seed in cfg.seeds:
+        base = {r["domain"]: r for r in results[cfg.baseline][seed]["per_domain"]}
+        for name, by_seed in results.items():
+            rows = by_seed[seed]["per_domain"]
+            prompts = [PromptExample(p, r["domain"]) for r in rows for p in r["prompts"]]
+            mine = [y for r in rows for y in r["responses_adapted"]]
+            versus = {"llm_win_ref": [y for r in rows for y in r["responses_reference"]],
+                      "llm_win_base": [y for r in rows for y in base[r["domain"]]["responses_adapted"]]}
+            for key, theirs in versus.items():
+                verdicts, start = judge.compare(prompts, mine, theirs), 0
+                for r in rows:
+                    n = len(r["prompts"])
+                    r[key] = float(verdicts[start:start + n].mean())
+                    start += n
 
 
 def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> float | None:
@@ -233,5 +262,5 @@ def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> f
     return done.get(key)
 
 
-__all__ = ["Stage", "held_out_result", "ordered_methods", "plan", "run_dir_of", "run_protocol", "sub_run_mapping",
-           "train_sub_run", "tuned_setting"]
+__all__ = ["Stage", "held_out_result", "llm_judged", "ordered_methods", "plan", "run_dir_of", "run_protocol",
+           "sub_run_mapping", "train_sub_run", "tuned_setting"]

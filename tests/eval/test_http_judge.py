@@ -20,8 +20,11 @@ from metapl.eval.http_judge import HttpJudge, JudgeError, parse_verdict
 
 
 class _Server:
-    def __init__(self, status: int = 200):
+    """rule(a, b) -> the reply (default: the "good" rule of the module docstring)."""
+
+    def __init__(self, status: int = 200, rule=None):
         self.requests, self.bodies, self.status, self.seen = 0, [], status, set()
+        self.rule = rule
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,6 +52,8 @@ class _Server:
                     reply = "Both have merits."
                 elif "FIRST" in user:
                     reply = "A"
+                elif outer.rule is not None:
+                    reply = outer.rule(a, b)
                 else:
                     reply = {(True, False): "A.", (False, True): "Response B"}.get(("good" in a, "good" in b), "Tie")
                 message = {"role": "assistant", "content": reply}

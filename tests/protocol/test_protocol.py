@@ -5,6 +5,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from metapl.cli import main
@@ -81,13 +82,15 @@ def test_domain_rows_by_hand():
     mine = {"per_domain": [_row("d0", 0.7, 0.2, [1.0, 0.4], [0.1, 0.3], win=1.0, acc=0.75),
                            _row("d1", 0.0, 0.0, [0.0, 0.0], [0.0, 0.0], win=0.5, acc=0.5)]}
     rows = domain_rows("meta", mine, base)
+    nan = float("nan")  # no LLM judge here
     assert rows[0] == pytest.approx({"domain": "d0", "gold": 0.7, "gain": 0.5, "win_ref": 1.0, "win_base": 0.75,
-                                     "minus_base": 0.2, "kl": 0.2, "length": 4.0, "rm_acc": 0.75})
+                                     "minus_base": 0.2, "kl": 0.2, "length": 4.0, "rm_acc": 0.75,
+                                     "llm_win_ref": nan, "llm_win_base": nan}, nan_ok=True)
     assert rows[1]["win_base"] == 0.25 and rows[1]["minus_base"] == pytest.approx(-0.1)  # a tie and a loss
     ref = domain_rows("reference", None, base)
     assert ref[0] == pytest.approx({"domain": "d0", "gold": 0.2, "gain": 0.0, "win_ref": 0.5, "win_base": 0.5,
-                                    "minus_base": -0.3, "kl": 0.0, "length": 5.0, "rm_acc": float("nan")},
-                                   nan_ok=True)
+                                    "minus_base": -0.3, "kl": 0.0, "length": 5.0, "rm_acc": nan,
+                                    "llm_win_ref": nan, "llm_win_base": nan}, nan_ok=True)
     assert math.isnan(domain_rows("dpo", mine, base)[0]["rm_acc"])  # a policy has no reward model
 
 
@@ -152,3 +155,41 @@ def test_policies_revise_their_answers_in_context_when_asked(tmp_path):
     assert "In-context revisions" in (tmp_path / "rev" / "report.md").read_text()
     with pytest.raises(ConfigError, match="revisions: expected >= 0"):
         _tiny(revisions=-1)
+
+
+def test_an_llm_judge_over_http_adds_win_rates(tmp_path):
+    """A loopback "LLM" that prefers the longer answer (ties when equal): the report's LLM win rates equal the ones
+    computed here from the answers the tests kept, in both orders, per domain and then over domains."""
+    from tests.eval.test_http_judge import _Server
+
+    def longer(a, b):
+        return "A" if len(a.split()) > len(b.split()) else "B" if len(a.split()) < len(b.split()) else "tie"
+
+    with _Server(rule=longer) as server:
+        cfg = _tiny(methods={"bt": {"steps": 2}, "reference": {}, "dpo": {"steps": 2}},
+                    judge={"base_url": server.url, "model": "judge-model", "backoff": 0.0})
+        report = run_protocol(cfg, tmp_path / "llm", progress=False)
+    results = {m: json.loads((tmp_path / "llm" / "results" / f"{m}_seed0.json").read_text()) for m in ("bt", "dpo")}
+
+    def expected(rows, mine, theirs):
+        per_domain = [np.mean([(len(a.split()) > len(b.split())) + 0.5 * (len(a.split()) == len(b.split()))
+                               for a, b in zip(mine(r), theirs(r))]) for r in rows]
+        return float(np.mean(per_domain))
+
+    base = {r["domain"]: r for r in results["bt"]["per_domain"]}
+    for name in ("bt", "dpo"):
+        rows = results[name]["per_domain"]
+        want_ref = expected(rows, lambda r: r["responses_adapted"], lambda r: r["responses_reference"])
+        want_base = expected(rows, lambda r: r["responses_adapted"], lambda r: base[r["domain"]]["responses_adapted"])
+        got = report["methods"][name]
+        assert got["llm_win_ref"]["mean"] == pytest.approx(want_ref) and got["llm_win_base"]["mean"] == pytest.approx(
+            want_base), name
+    assert report["methods"]["bt"]["llm_win_base"]["mean"] == 0.5
+    assert report["methods"]["reference"]["llm_win_base"]["mean"] == pytest.approx(
+        1 - report["methods"]["bt"]["llm_win_ref"]["mean"])
+    assert "LLM judge (judge-model)" in (tmp_path / "llm" / "report.md").read_text()
+    assert (tmp_path / "llm" / "results" / "judge_cache" / "verdicts.jsonl").exists()
+    with pytest.raises(ConfigError, match="judge: give model"):
+        _tiny(judge={"base_url": server.url})
+    with pytest.raises(ConfigError, match="judge: .*unexpected keyword"):
+        _tiny(judge={"base_url": server.url, "model": "m", "temperature": 0.3})
