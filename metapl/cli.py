@@ -106,6 +106,17 @@ def _mesh_config(args: argparse.Namespace):
     return MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor)
 
 
+def _add_test_flags(parser: argparse.ArgumentParser, run_help: str) -> None:
+    """The flags `meta-test` and `eval` share: which run, which domains, how many prompts and samples, the seed."""
+    parser.add_argument("--run", required=True, help=run_help)
+    parser.add_argument("--domains", default="heldout", choices=("heldout", "validation", "train"))
+    parser.add_argument("--prompts", type=_positive_int, default=16,
+                        help="optimisation prompts per domain (reward models)")
+    parser.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
+    parser.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _add_mesh_flags(parser: argparse.ArgumentParser, split: str) -> None:
     for axis in ("data", "fsdp", "tensor"):
         parser.add_argument(f"--mesh-{axis}", type=_positive_int, default=1,
@@ -247,16 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Freeze the reward model of a `train meta` or `train rm` run, optimise the "
                        "reference policy against it on each test domain (projected solver) and score both policies "
                        "with the gold judge. Writes meta_test_<domains>.json and .md into the run directory.")
-    m.add_argument("--run", required=True, help="a run directory of `metapl train meta` or `metapl train rm`")
-    m.add_argument("--domains", default="heldout", choices=("heldout", "validation", "train"))
-    m.add_argument("--prompts", type=_positive_int, default=16, help="optimisation prompts per domain")
-    m.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
-    m.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")
+    _add_test_flags(m, "a run directory of `metapl train meta` or `metapl train rm`")
     m.add_argument("--steps", type=_positive_int, default=None, help="solver steps (default: the run's inner steps)")
     m.add_argument("--lr", type=float, default=None, help="solver learning rate (default: the run's)")
     m.add_argument("--beta", type=float, default=None, help="KL weight β (default: the run's)")
     m.add_argument("--prox", type=float, default=None, help="proximal weight (default: the run's)")
-    m.add_argument("--seed", type=int, default=0)
     m.add_argument("--domains-per-batch", type=_positive_int, default=8,
                    help="domains adapted and decoded together (vmapped; memory grows with it)")
     m.add_argument("--reward", default="model", choices=("model", "gold"),
@@ -279,12 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Test the latest checkpoint of any run on the benchmark's domains: meta-test for a "
                        "reward model (rm, tree-rm, meta; the run's own solver), policy test for a policy. Writes "
                        "meta_test_<domains>.* or policy_test_<domains>.* into the run directory.")
-    e.add_argument("--run", required=True, help="a run directory")
-    e.add_argument("--domains", default="heldout", choices=("heldout", "validation", "train"))
-    e.add_argument("--prompts", type=_positive_int, default=16, help="optimisation prompts per domain (reward models)")
-    e.add_argument("--eval-prompts", type=_positive_int, default=32, help="gold-judged prompts per domain")
-    e.add_argument("--samples", type=_positive_int, default=4, help="reference samples per optimisation prompt")
-    e.add_argument("--seed", type=int, default=0)
+    _add_test_flags(e, "a run directory")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_eval)
 

@@ -118,9 +118,8 @@ def token_scores(scorer: Scorer, bench: Benchmark) -> Callable[[Sequence[PromptE
         return lambda prompts, tokens, mask: np.asarray(bench.gold_scores(prompts, tokens, mask))
 
     def score(prompts, tokens, mask):
-        responses = [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
-                     for row, keep in zip(np.asarray(tokens), np.asarray(mask))]
-        return scorer.score([p.domain for p in prompts], [p.prompt for p in prompts], responses)
+        return scorer.score([p.domain for p in prompts], [p.prompt for p in prompts],
+                            bench.decode_responses(tokens, mask))
 
     return score
 

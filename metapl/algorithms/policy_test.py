@@ -162,8 +162,7 @@ def revision_golds(restored: RestoredPolicy, prompts: list, first: dict, key, n:
     shape = SequenceShape(length, spec.max_response_tokens)
     current, out = first, []
     for i in range(1, n + 1):
-        answers = [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
-                   for row, keep in zip(current["tokens"], current["response_mask"])]
+        answers = bench.decode_responses(current["tokens"], current["response_mask"])
         contexts = [dataclasses.replace(x, prompt=revision_prompt(x.prompt, y, template))
                     for x, y in zip(prompts, answers)]
         tokens, mask = prompt_arrays(contexts, bench.encode, shape, bench.pad_id, TruncationStats(), length=length)

@@ -124,11 +124,14 @@ class Benchmark(abc.ABC):
         """The gold judge's score (the second judge's when `cross`) of each sampled response (tokens, mask [B, N]
         as in GenerationOutput; one row per prompt). An empty response (the policy stopped at once) scores 0."""
         judge = self.cross_gold if cross else self.gold
-        scores = []
-        for prompt, row, keep in zip(prompts, np.asarray(tokens), np.asarray(mask)):
-            response = self.decode([int(t) for t, k in zip(row, keep) if k and int(t) != self.eos_id])
-            scores.append(judge(prompt.domain, prompt.prompt, response) if response.strip() else 0.0)
-        return scores
+        return [judge(prompt.domain, prompt.prompt, response) if response.strip() else 0.0
+                for prompt, response in zip(prompts, self.decode_responses(tokens, mask))]
+
+    def decode_responses(self, tokens, mask) -> list[str]:
+        """The text of each sampled response (tokens, mask [B, N] as in GenerationOutput): the kept tokens, eos
+        dropped, decoded."""
+        return [self.decode([int(t) for t, k in zip(row, keep) if k and int(t) != self.eos_id])
+                for row, keep in zip(np.asarray(tokens), np.asarray(mask))]
 
     @staticmethod
     def _check_split(split: str) -> None:

@@ -287,12 +287,10 @@ def response_columns(bench, samples: dict[str, dict], log_ratios) -> dict:
 def response_texts(bench, prompts: list, samples: dict[str, dict]) -> dict:
     """A row's texts: the prompts and both policies' decoded responses (eos dropped), for judges that read text
     (e.g. an LLM judge comparing two methods' answers to the same prompts)."""
-    def texts(s):
-        return [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
-                for row, keep in zip(np.asarray(s["tokens"]), np.asarray(s["response_mask"]))]
-
-    return {"prompts": [p.prompt for p in prompts], "responses_adapted": texts(samples["adapted"]),
-            "responses_reference": texts(samples["reference"])}
+    adapted, reference = samples["adapted"], samples["reference"]
+    return {"prompts": [p.prompt for p in prompts],
+            "responses_adapted": bench.decode_responses(adapted["tokens"], adapted["response_mask"]),
+            "responses_reference": bench.decode_responses(reference["tokens"], reference["response_mask"])}
 
 
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],

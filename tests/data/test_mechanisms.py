@@ -169,3 +169,16 @@ def test_interpolation_combinations_cover_every_value():
         for j in range(m):
             assert {a[j] for a in seen} == set(INNER_VALUES)
         assert set(itertools.chain(seen, excluded)) == set(itertools.product(INNER_VALUES, repeat=m))
+
+
+def test_decode_responses_keeps_masked_tokens_and_drops_eos():
+    bench = load_benchmark(DataSpec(benchmark="synthetic_domains"))
+    w = bench.encode("w1 w2 w3")
+    pad, eos = bench.pad_id, bench.eos_id
+    tokens = np.array([[w[0], w[1], eos, pad], [w[2], pad, pad, pad], [eos, pad, pad, pad]])
+    mask = np.array([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])  # row 1: its token is not part of the response
+    assert bench.decode_responses(tokens, mask) == ["w1 w2", "", ""]
+    prompts = bench.eval_prompts[:3]
+    scores = bench.gold_scores(prompts, tokens, mask)
+    assert scores[1:] == [0.0, 0.0]  # empty responses score 0
+    assert scores[0] == bench.gold(prompts[0].domain, prompts[0].prompt, "w1 w2")
