@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from metapl.runtime import read_json, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "evidence"
 
@@ -127,17 +128,6 @@ LONG_STEPS, LONG_LR = (16, 64), 0.1  # amendment 2: a solver that moves the poli
 
 def log(msg: str) -> None:
     print(f"[evidence {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------------ train

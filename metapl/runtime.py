@@ -1,4 +1,4 @@
-"""Process-level settings: the persistent XLA compilation cache.
+"""Process-level settings: the persistent XLA compilation cache; JSON result files written atomically.
 
 Compiling the 30-layer SmolLM2 sampler takes tens of seconds on a 2-core CPU; the persistent cache makes
 every later run of the same shapes start in a few. `enable_compile_cache()` is called by the `metapl`
@@ -7,6 +7,7 @@ command and by the test suite; notebooks can call it too.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,3 +29,17 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return directory
+
+
+def read_json(path: Path):
+    """The JSON value in `path`, or None when the file does not exist (a result not computed yet)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(path: Path, payload) -> None:
+    """Write `payload` to `path` as indented JSON through a temporary file, so a killed process never leaves a
+    half-written result for a resumed one to trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)

@@ -14,7 +14,6 @@ stored config differs from the protocol's is an error (choose another output dir
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from metapl.meta.evaluate import MetaTestConfig
 from metapl.protocol.config import ProtocolConfig, protocol_mapping
 from metapl.protocol.methods import Method, method
 from metapl.runs import meta_test, policy_test, prepare_run_dir, read_run_config, train, tune_solver
+from metapl.runtime import read_json, write_json
 from metapl.train.checkpoints import checkpoint_manager
 from metapl.train.spec import run_config_from_dict
 
@@ -136,37 +136,26 @@ def train_sub_run(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> tuple
     return run_dir, False
 
 
-def _read(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def tuned_setting(cfg: ProtocolConfig, out: Path, name: str) -> dict:
     """The validation-chosen solver setting of a reward method or the oracle (cached in results/tuning.json);
     {} without a solver grid (the test's settings, else the run's own `meta` section)."""
     if not cfg.solver_grid:
         return {}
     path = out / "results" / "tuning.json"
-    done = _read(path) or {}
+    done = read_json(path) or {}
     if name not in done:
         source = "bt" if method(name).kind == "oracle" else name
         trial = dataclasses.replace(cfg.test, reward="gold" if method(name).kind == "oracle" else "model")
         runs = [run_dir_of(out, source, s) for s in cfg.seeds]
         done[name] = tune_solver(runs, [dict(x) for x in cfg.solver_grid], trial, progress=False)
-        _write(path, done)
+        write_json(path, done)
     return done[name]["best"]
 
 
 def held_out_result(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
     """The held-out result of method `m` and `seed` (cached in results/<method>_seed<S>.json)."""
     path = out / "results" / f"{m.name}_seed{seed}.json"
-    cached = _read(path)
+    cached = read_json(path)
     if cached is not None:
         return cached
     test: MetaTestConfig = cfg.test
@@ -177,7 +166,7 @@ def held_out_result(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dic
         trial = dataclasses.replace(test, reward="gold" if m.kind == "oracle" else "model",
                                     **tuned_setting(cfg, out, m.name))
         result = meta_test(run_dir_of(out, source, seed), "heldout", trial, write=False, progress=False)
-    _write(path, result)
+    write_json(path, result)
     return result
 
 
@@ -254,11 +243,11 @@ def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> f
     """The wall-clock training seconds of a sub-run, summed over the invocations that trained it (kept in
     results/train_seconds.json); `spent`: this invocation's, None when the run was reused."""
     path = out / "results" / "train_seconds.json"
-    done = _read(path) or {}
+    done = read_json(path) or {}
     key = f"{name}_seed{seed}"
     if spent is not None:
         done[key] = done.get(key, 0.0) + spent
-        _write(path, done)
+        write_json(path, done)
     return done.get(key)
 
 
