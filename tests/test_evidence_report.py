@@ -66,3 +66,23 @@ def test_seed_units_merge_into_one_cell_and_a_partial_report_says_so(evidence):
     three = evidence.merged_units([_unit(s, 0.3, 0.1) for s in (0, 1, 2)])
     assert "Partial" not in evidence.cell_markdown(evidence.cell_report(study, "attributes", *three, "cmd",
                                                                         seeds=[0, 1, 2]))
+
+
+def _group_unit(seed, group, methods, value):
+    result = _result([value + seed, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])
+    return {"seed": seed, "group": group, "data_fingerprint": "abc", "domain_kinds": {"a": None, "b": None},
+            "tuning": {m: {"best": {"beta": value}, "criterion": value} for m in methods},
+            "heldout": {m: [result] for m in methods}}
+
+
+def test_several_units_per_seed_merge_by_method(evidence):
+    # each seed measured in three units (bt + gold, meta, dpo), found in any order
+    units = [_group_unit(s, g, methods, v) for s in (1, 0) for g, methods, v in
+             (("meta", ("meta",), 0.2), ("bt", ("bt", "gold"), 0.1), ("dpo", ("dpo",), 0.5))]
+    results, tuning, _ = evidence.merged_units(units)
+    assert set(results) == {"bt", "gold", "meta", "dpo"}
+    assert [r["per_domain"][0]["gold_adapted"] for r in results["dpo"]] == [0.5, 1.5]  # seeds 0, 1 in order
+    assert [r["per_domain"][0]["gold_adapted"] for r in results["gold"]] == [0.1, 1.1]
+    assert tuning["meta"]["best"] == {"beta": 0.2} and tuning["dpo"]["criterion"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="different methods"):  # seed 1 lacks its dpo unit
+        evidence.merged_units(units[:2] + units[3:])
