@@ -80,7 +80,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--rerun", action="store_true", help="rerun variants whose results exist")
-    p.add_argument("--out", default="/tmp/metapl-investigation", help="run directories")
+    p.add_argument("--out", default="runs/investigation", help="run directories")
     args = p.parse_args()
     names = [v[0] for v in VARIANTS] if args.only is None else args.only.split(",")
     unknown = set(names) - {v[0] for v in VARIANTS}
