@@ -235,11 +235,12 @@ class MechanismBenchmark(SyntheticBenchmark):
 @register_benchmark
 class SentimentBenchmark(Benchmark):
     """`sentiment_domains`: a TFDS build under `spec.data_dir` (`metapl data build sentiment_domains`), tokenised
-    by the pretrained model's tokenizer, judged by VADER on prompt + response. Each meta-train domain's prompts are
-    read in build order: training-time evaluation reads the first `data.eval_prompts` of the build; the samplers
-    (offline sample sets, rollouts, preference trees) each domain's next `sample_prompts` or `tree_prompts` share;
-    a meta run its first `meta.support_pool`. The validation prompts are each domain's last ones and must be unread
-    by evaluation and the samplers (checked), so a build needs enough prompts per domain for both."""
+    by the pretrained model's tokenizer, judged by VADER on prompt + response. Training reads the front half of
+    each meta-train domain's prompts (build order), validation the back half, so tuning never sees a prompt any
+    training run read: training-time evaluation reads each domain's first `data.eval_prompts` share (at most the
+    front half), the samplers (offline sample sets, rollouts, preference trees) the next `data.sample_prompts` or
+    `data.tree_prompts` share (an error past the front half), validation each domain's last prompts (an error past
+    the back half). A meta run's support pool is its first `meta.support_pool` prompts per domain."""
 
     name = "sentiment_domains"
 
@@ -258,11 +259,12 @@ class SentimentBenchmark(Benchmark):
         self._judge = VaderJudge()
         pairs_dir, prompts_dir = self._built("pairs"), self._built("prompts")
         self.train_pairs, self.eval_pairs = split_pairs(load_records(pairs_dir, "train"), spec.eval_fraction)
-        train_prompts = load_records(prompts_dir, "train")
-        self.eval_prompts = train_prompts[: spec.eval_prompts]
         self._prompts_by_domain: dict[str, list[PromptExample]] = {}
-        for x in train_prompts:
+        for x in load_records(prompts_dir, "train"):
             self._prompts_by_domain.setdefault(x.domain, []).append(x)
+        self._evaluated = {d: min(self._per_domain(spec.eval_prompts), self._front(d))
+                           for d in self._prompts_by_domain}
+        self.eval_prompts = [p for d, ps in self._prompts_by_domain.items() for p in ps[: self._evaluated[d]]]
 
     def _built(self, kind: str) -> Path:
         from metapl.data.commands import default_data_dir
@@ -305,17 +307,13 @@ class SentimentBenchmark(Benchmark):
         for p in load_records(prompts_dir, "train" if split == "validation" else split):
             out.setdefault(p.domain, ([], []))[0].append(p)
         if split == "validation":  # the last prompts of each meta-train domain, its evaluation pairs
-            read = {(p.domain, p.prompt) for p in self.eval_prompts}
-            sampled = max(self.spec.sample_prompts, self.spec.tree_prompts)
-            read |= {(p.domain, p.prompt) for p in self._sampler_prompts(self._per_domain(sampled), strict=False)}
             for d, (prompts, pairs) in out.items():
-                last = prompts[len(prompts) - prompts_per_domain:] if prompts_per_domain <= len(prompts) else []
-                if not last or any((p.domain, p.prompt) in read for p in last):
-                    raise DataError(f"{prompts_dir}: domain {d} has {len(prompts)} prompts; its last "
-                                    f"{prompts_per_domain} (the validation prompts) must exist and be unread by "
-                                    f"training (data.eval_prompts = {self.spec.eval_prompts} reads a prefix of the "
-                                    f"build, the samplers the next max(data.sample_prompts, data.tree_prompts) = "
-                                    f"{sampled} over the domains)")
+                back = len(prompts) - self._front(d)
+                if not 0 < prompts_per_domain <= back:
+                    raise DataError(f"{prompts_dir}: meta-train domain {d} has {len(prompts)} prompts; validation "
+                                    f"asks for its last {prompts_per_domain}, but only the back half ({back}) is "
+                                    "unread by training; ask for fewer or rebuild with more prompts per domain")
+                last = prompts[len(prompts) - prompts_per_domain:]
                 pairs += [p for p in self.eval_pairs if p.domain == d]
                 out[d] = (last, pairs)
             return out
@@ -330,25 +328,24 @@ class SentimentBenchmark(Benchmark):
         return {d: (v[0][:prompts_per_domain], v[1]) for d, v in out.items()}
 
     def training_prompts(self, per_domain: int) -> list[PromptExample]:
-        return self._sampler_prompts(per_domain)
+        out = []
+        for d, prompts in self._prompts_by_domain.items():
+            start, front = self._evaluated[d], self._front(d)
+            if start + per_domain > front:
+                raise DataError(f"{self._built('prompts')}: meta-train domain {d} has {len(prompts)} prompts; "
+                                f"training reads the front half ({front}): {start} for evaluation (data.eval_prompts "
+                                f"= {self.spec.eval_prompts}), so the samplers cannot have {per_domain} more "
+                                "(data.sample_prompts or data.tree_prompts over the domains); ask for fewer or "
+                                "rebuild with more prompts per domain")
+            out += prompts[start: start + per_domain]
+        return out
 
     def _per_domain(self, total: int) -> int:
         return max(1, total // len(self._prompts_by_domain))
 
-    def _sampler_prompts(self, per_domain: int, strict: bool = True) -> list[PromptExample]:
-        """Each meta-train domain's first `per_domain` prompts that training-time evaluation does not read (a
-        domain with fewer is an error when `strict`, else gives what it has)."""
-        evaluated = {(p.domain, p.prompt) for p in self.eval_prompts}
-        out = []
-        for d, prompts in self._prompts_by_domain.items():
-            unread = [p for p in prompts if (p.domain, p.prompt) not in evaluated]
-            if strict and len(unread) < per_domain:
-                raise DataError(f"{self._built('prompts')}: meta-train domain {d} has {len(unread)} prompts that "
-                                f"evaluation (data.eval_prompts = {self.spec.eval_prompts}) does not read; the "
-                                f"samplers ask for {per_domain} per domain (data.sample_prompts or data.tree_prompts "
-                                "over the domains); ask for fewer or rebuild with more prompts per domain")
-            out += unread[:per_domain]
-        return out
+    def _front(self, domain: str) -> int:
+        """How many of the domain's prompts (the first ones) training may read."""
+        return (len(self._prompts_by_domain.get(domain, ())) + 1) // 2
 
 
 @register_benchmark

@@ -111,7 +111,7 @@ def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_ta
         "pairs": {"train": [PreferencePair(f"{tag[d]} It was", " great", " bad", d, 0.5) for d in ("t/a", "t/b")],
                   "heldout": [PreferencePair(f"{tag['h/c']} It was", " bad", " great", "h/c", 0.5)]},
         "prompts": {"train": [PromptExample(f"{tag[d]} {x}", d) for d in ("t/a", "t/b")
-                              for x in ("We saw", "They said", "He wrote")],
+                              for x in ("We saw", "They said", "He wrote", "She sang")],
                     "heldout": [PromptExample(f"{tag['h/c']} We saw", "h/c")] * 2},
     }
     settings = {"targets": True, "seed": 0}  # as build_sentiment stores them; the report adds the drawn targets
@@ -135,26 +135,24 @@ def test_sentiment_targets_benchmark_reads_its_build_and_judges_by_the_domain_ta
     assert bench.cross_judge == pattern.name
     split = bench.domain_split("heldout", 2)
     assert list(split) == ["h/c"] and len(split["h/c"][0]) == 2 and split["h/c"][1][0].chosen == " bad"
-    with pytest.raises(DataError, match="unread by training"):  # eval_prompts (64) reads every prompt here
-        bench.domain_split("validation", 1)
-    def narrow(sampled):
-        return load_benchmark(DataSpec(benchmark="sentiment_targets", data_dir=str(tmp_path), eval_fraction=0.0,
-                                       eval_prompts=1, sample_prompts=sampled, tree_prompts=sampled),
-                              tiny_tokenizer())
+    # Training reads the front half of each meta-train domain's prompts in build order (evaluation first, then the
+    # samplers), validation the back half.
+    by_domain = {d: [p for p in load_records(tmp_path / "sentiment_targets" / "prompts" / "1.0.0", "train")
+                     if p.domain == d] for d in ("t/a", "t/b")}
+    def grouped(prompts):
+        return {d: [p for p in prompts if p.domain == d] for d in by_domain}
 
-    order = load_records(tmp_path / "sentiment_targets" / "prompts" / "1.0.0", "train")  # the build's order
-    first = order[0]
-    by_domain = {d: [p for p in order if p.domain == d] for d in ("t/a", "t/b")}
-    one = narrow(2)  # evaluation reads the build's first prompt; the samplers one prompt per domain after it
-    assert one.eval_prompts == [first]
-    expected = [ps[1] if d == first.domain else ps[0] for d, ps in by_domain.items()]
-    assert sorted(one.training_prompts(1), key=lambda p: p.domain) == expected
-    val = one.domain_split("validation", 1)
-    assert {d: v[0][0] for d, v in val.items()} == {d: ps[2] for d, ps in by_domain.items()}
-    with pytest.raises(DataError, match=f"meta-train domain {first.domain} has 2 prompts that evaluation"):
-        one.training_prompts(3)
-    with pytest.raises(DataError, match="the samplers the next"):  # two per domain reach t/a's validation prompt
-        narrow(4).domain_split("validation", 1)
+    assert grouped(bench.eval_prompts) == {d: ps[:2] for d, ps in by_domain.items()}  # 64 asked: the front half
+    with pytest.raises(DataError, match=r"validation asks for its last 3, but only the back half \(2\)"):
+        bench.domain_split("validation", 3)
+    narrow = load_benchmark(DataSpec(benchmark="sentiment_targets", data_dir=str(tmp_path), eval_fraction=0.0,
+                                     eval_prompts=2), tiny_tokenizer())
+    assert grouped(narrow.eval_prompts) == {d: ps[:1] for d, ps in by_domain.items()}
+    assert grouped(narrow.training_prompts(1)) == {d: ps[1:2] for d, ps in by_domain.items()}
+    with pytest.raises(DataError, match="1 for evaluation .* cannot have 2 more"):
+        narrow.training_prompts(2)
+    val = narrow.domain_split("validation", 2)
+    assert {d: v[0] for d, v in val.items()} == {d: ps[2:] for d, ps in by_domain.items()}
     with pytest.raises(DataError, match="unknown domain"):
         bench.gold("x/y", "p", "r")
     with pytest.raises(DataError, match="unknown domain"):

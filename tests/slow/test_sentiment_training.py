@@ -31,6 +31,7 @@ def _gold(run_dir):
 def test_rloo_raises_gold_sentiment(data_dir, tmp_path, capsys):
     run = tmp_path / "rloo"
     assert main(["train", "rloo", "--run-dir", str(run), f"data.data_dir={data_dir}", *LORA, "data.batch_size=4",
+                 "data.sample_prompts=24",  # 2 per domain after the 2 evaluation prompts: the front half of 8
                  "loss.k=4", "loss.beta=0.05", "optim.learning_rate=2e-3", "steps=24", "eval_every=24"]) == 0
     before, after = _gold(run)
     print(json.dumps({"rloo_gold": [before, after]}))
