@@ -181,8 +181,8 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
                         *args.overrides])
     run_protocol(cfg, out, progress=not args.no_progress, command=command)
     print((out / "report.md").read_text())
-    print(f"Plots: {out / 'plots'}/win_rates.png, gains.png, training.png; every number: {out / 'report.json'}, "
-          f"{out / 'per_domain.csv'}")
+    plots = ", ".join(str(p) for p in sorted((out / "plots").glob("*.png")))
+    print(f"Plots: {plots}; every number: {out / 'report.json'}, {out / 'per_domain.csv'}")
     return 0
 
 

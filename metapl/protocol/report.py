@@ -166,8 +166,9 @@ def render(report: dict) -> str:
                                       for r in report["sub_runs"]]
     lines += ["", "Where each method comes from:", ""] + \
         [f"- {s['label']}: {s['source']}" for s in m.values() if s["source"]]
-    lines += ["", "Plots: `plots/win_rates.png`, `plots/gains.png`, `plots/training.png`. All numbers: "
-              "`report.json`, `per_domain.csv`."]
+    plots = ["win_rates", "gains", "training"] + (["revisions"] if report.get("revisions") else [])
+    lines += ["", "Plots: " + ", ".join(f"`plots/{name}.png`" for name in plots) + ". All numbers: `report.json`, "
+              "`per_domain.csv`."]
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
