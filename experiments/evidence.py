@@ -361,7 +361,7 @@ def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning:
         row = {"setting": tuning[method]["best"], "validation_criterion": tuning[method]["criterion"],
                "gold": two_level_interval(gold), "gain": two_level_interval(gold - ref),
                "win_rate_vs_reference": two_level_interval(per_domain(res, "win_rate")),
-               "per_seed_gold": gold.mean(axis=1).tolist()}
+               "per_seed_gold": gold.mean(axis=1).tolist(), "per_domain_gold": gold.tolist()}  # [seeds, domains]
         acc = per_domain(res, "rm_pair_accuracy")
         if np.isfinite(acc).any():
             row["rm_pair_accuracy"] = two_level_interval(acc)
@@ -603,13 +603,20 @@ def run_regime(study: Study, cell: str, out: Path, results: Path = RESULTS, grid
 
 def _cell_diffs(out: Path, cell: str, method: str, subset: str = "all", results: Path = RESULTS
                 ) -> np.ndarray | None:
-    """[S, D] per-domain gold differences method − BT of a finished cell (None if not measured)."""
-    heldout = out / cell / "heldout"
-    a, b = read_json(heldout / f"{method}.json"), read_json(heldout / "bt.json")
+    """[S, D] per-domain gold differences method − BT of a finished cell (None if not measured): from the cell's
+    kept report when it holds the per-domain gold, else from the cell's cached held-out stages under `out`."""
     report = read_json(results / f"{cell}.json")
-    if a is None or b is None or report is None:
+    if report is None or method not in report["methods"]:
         return None
     kinds = report["domain_kinds"]
+    keep = np.asarray([subset == "all" or kinds.get(d) == subset for d in report["heldout_domains"]])
+    kept = {m: report["methods"][m].get("per_domain_gold") for m in (method, "bt")}
+    if all(g is not None for g in kept.values()):
+        return (np.asarray(kept[method]) - np.asarray(kept["bt"]))[:, keep]
+    heldout = out / cell / "heldout"
+    a, b = read_json(heldout / f"{method}.json"), read_json(heldout / "bt.json")
+    if a is None or b is None:
+        return None
     keep = [subset == "all" or kinds.get(r["domain"]) == subset for r in b[0]["per_domain"]]
     return np.asarray([[x["gold_adapted"] - y["gold_adapted"] for x, y, k in zip(ra["per_domain"], rb["per_domain"],
                                                                                   keep) if k]
@@ -626,9 +633,13 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
 
     rows = []
 
+    missing = []
+
     def add(hypothesis, cell, subset, predicted, method="meta"):
         s = interval(cell, method, subset)
-        if s is not None:
+        if s is None:
+            missing.append(f"{hypothesis} ({cell}, {method})")
+        else:
             rows.append({"hypothesis": hypothesis, "cell": cell, "subset": subset, "method": method,
                          "meta_minus_bt": s, "verdict": verdict_of(s, predicted)})
 
@@ -647,6 +658,8 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
         trend = {"mean": float(d4.mean() - d64.mean()), "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
         rows.append({"hypothesis": "H3 trend (4 minus 64 pairs/domain)", "cell": "budget4 − off", "subset": "all",
                      "method": "meta", "meta_minus_bt": trend, "verdict": verdict_of(trend, "greater")})
+    else:
+        missing.append("H3 trend (budget4 − off, meta)")
     for cell in ("attributes", "off"):
         regime = read_json(results / f"regime_{cell}.json")
         if regime:
@@ -659,7 +672,10 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
                          f"settings meta is ahead in {ahead}, behind in {behind}", "method": "meta",
                          "meta_minus_bt": best["meta_minus_bt"], "verdict": verdict_of(best["meta_minus_bt"],
                                                                                       "greater")})
-    report = {"rows": rows, "command": "python experiments/evidence.py --summary"}
+    report = {"rows": rows, "not_computed": missing, "command": "python experiments/evidence.py --summary"}
+    if missing:
+        log(f"summary: not computed (no kept per-domain gold and no cached held-out stages; re-run the cell): "
+            f"{'; '.join(missing)}")
     write_json(results / "summary.json", report)
     lines = ["# Evidence summary: meta-learned RM minus Bradley–Terry, per hypothesis of PROTOCOL.md", "",
              "Held-out gold reward of the policy each reward model guides (same solver, prompts, samples and keys), "
@@ -669,6 +685,9 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
              "", "| hypothesis | cell | domains | meta − BT | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['hypothesis']} | {r['cell']} | {r['subset']} | {_ci(r['meta_minus_bt'], True)} | "
               f"{r['verdict']} |" for r in rows]
+    if missing:
+        lines += ["", "Not computed (the cell's report holds no per-domain gold and its cached held-out stages are "
+                  "gone; re-running the cell computes them): " + "; ".join(missing) + "."]
     lines += ["", f"Command: `{report['command']}`", ""]
     (results / "summary.md").write_text("\n".join(lines))
     import matplotlib

@@ -86,3 +86,19 @@ def test_several_units_per_seed_merge_by_method(evidence):
     assert tuning["meta"]["best"] == {"beta": 0.2} and tuning["dpo"]["criterion"] == pytest.approx(0.5)
     with pytest.raises(SystemExit, match="different methods"):  # seed 1 lacks its dpo unit
         evidence.merged_units(units[:2] + units[3:])
+
+
+def test_the_summary_reads_the_kept_cell_reports_and_names_what_it_cannot_compute(evidence, tmp_path):
+    bt = [_result([0.1, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])] * 2
+    meta = [_result([0.2, 0.2], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2
+    tuning = {m: {"best": {"beta": 0.3}, "criterion": 0.0} for m in ("bt", "meta")}
+    kinds = {"a": "interpolation", "b": "extrapolation"}
+    report = evidence.cell_report(evidence.MINIATURE, "attributes", {"bt": bt, "meta": meta}, tuning, kinds, "cmd")
+    evidence.write_json(tmp_path / "attributes.json", report)  # no cached stages anywhere: tmp_path / "runs" is empty
+    summary = evidence.summary(tmp_path / "runs", tmp_path)
+    rows = {r["hypothesis"]: r for r in summary["rows"]}
+    assert rows["H1a interpolation"]["meta_minus_bt"]["mean"] == pytest.approx(0.1)  # domain a: 0.2 - 0.1
+    assert rows["H1b extrapolation"]["meta_minus_bt"]["mean"] == pytest.approx(-0.1)  # domain b: 0.2 - 0.3
+    assert "H2 behaviour shift (behaviour, meta)" in summary["not_computed"]
+    assert "H1 (on-policy) (attributes, meta_onpolicy)" in summary["not_computed"]  # not measured in this cell
+    assert "Not computed" in (tmp_path / "summary.md").read_text()
