@@ -649,8 +649,12 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     add("H1b extrapolation", "attributes", "extrapolation", "greater")
     add("H1 (on-policy)", "attributes", "all", "greater", "meta_onpolicy")
     add("H2 behaviour shift", "behaviour", "all", "greater")
+    add("H2 (on-policy)", "behaviour", "all", "greater", "meta_onpolicy")
     for cell in ("off", "budget16", "budget4"):
         add(f"H3 budget {dict(off=64, budget16=16, budget4=4)[cell]} pairs/domain", cell, "all", "greater")
+    for cell in ("off", "budget16", "budget4"):
+        add(f"H3 (on-policy) budget {dict(off=64, budget16=16, budget4=4)[cell]} pairs/domain", cell, "all",
+            "greater", "meta_onpolicy")
     trend = None
     d64, d4 = _cell_diffs(out, "off", "meta", results=results), _cell_diffs(out, "budget4", "meta", results=results)
     if d64 is not None and d4 is not None:
