@@ -613,14 +613,11 @@ def _cell_diffs(out: Path, cell: str, method: str, subset: str = "all", results:
     kept = {m: report["methods"][m].get("per_domain_gold") for m in (method, "bt")}
     if all(g is not None for g in kept.values()):
         return (np.asarray(kept[method]) - np.asarray(kept["bt"]))[:, keep]
-    heldout = out / cell / "heldout"
+    heldout = out / cell / "heldout"  # the stages list the domains in the report's order (cell_report checks it)
     a, b = read_json(heldout / f"{method}.json"), read_json(heldout / "bt.json")
     if a is None or b is None:
         return None
-    keep = [subset == "all" or kinds.get(r["domain"]) == subset for r in b[0]["per_domain"]]
-    return np.asarray([[x["gold_adapted"] - y["gold_adapted"] for x, y, k in zip(ra["per_domain"], rb["per_domain"],
-                                                                                  keep) if k]
-                       for ra, rb in zip(a, b)])
+    return (per_domain(a, "gold_adapted") - per_domain(b, "gold_adapted"))[:, keep]
 
 
 def summary(out: Path, results: Path = RESULTS) -> dict:

@@ -303,20 +303,19 @@ class SentimentBenchmark(Benchmark):
 
         self._check_split(split)
         prompts_dir = self._built("prompts")
-        out: dict[str, tuple[list, list]] = {}
-        for p in load_records(prompts_dir, "train" if split == "validation" else split):
-            out.setdefault(p.domain, ([], []))[0].append(p)
         if split == "validation":  # the last prompts of each meta-train domain, its evaluation pairs
-            for d, (prompts, pairs) in out.items():
+            out: dict[str, tuple[list, list]] = {}
+            for d, prompts in self._prompts_by_domain.items():
                 back = len(prompts) - self._front(d)
                 if not 0 < prompts_per_domain <= back:
                     raise DataError(f"{prompts_dir}: meta-train domain {d} has {len(prompts)} prompts; validation "
                                     f"asks for its last {prompts_per_domain}, but only the back half ({back}) is "
                                     "unread by training; ask for fewer or rebuild with more prompts per domain")
-                last = prompts[len(prompts) - prompts_per_domain:]
-                pairs += [p for p in self.eval_pairs if p.domain == d]
-                out[d] = (last, pairs)
+                out[d] = (prompts[len(prompts) - prompts_per_domain:], [p for p in self.eval_pairs if p.domain == d])
             return out
+        out = {}
+        for p in load_records(prompts_dir, split):
+            out.setdefault(p.domain, ([], []))[0].append(p)
         for p in load_records(self._built("pairs"), split):
             if p.domain in out:
                 out[p.domain][1].append(p)
