@@ -625,6 +625,11 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     from metapl.eval import two_level_interval, two_level_means
 
     def interval(cell, method="meta", subset="all"):
+        # the cell report's own paired interval (the same bootstrap over the same per-domain differences)
+        report = read_json(results / f"{cell}.json")
+        kept = (report or {}).get("methods", {}).get(method, {}).get("minus_bt", {}).get(subset)
+        if kept is not None:
+            return {k: kept[k] for k in ("mean", "ci95", "seeds", "domains")}
         d = _cell_diffs(out, cell, method, subset, results)
         return None if d is None else two_level_interval(d)
 
@@ -675,7 +680,7 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
                                                                                       "greater")})
     report = {"rows": rows, "not_computed": missing, "command": "python experiments/evidence.py --summary"}
     if missing:
-        log(f"summary: not computed (no kept per-domain gold and no cached held-out stages; re-run the cell): "
+        log(f"summary: not computed (not in the cell's report, no per-domain gold and no cached stages): "
             f"{'; '.join(missing)}")
     write_json(results / "summary.json", report)
     lines = ["# Evidence summary: meta-learned RM minus Bradley–Terry, per hypothesis of PROTOCOL.md", "",
@@ -687,8 +692,9 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     lines += [f"| {r['hypothesis']} | {r['cell']} | {r['subset']} | {_ci(r['meta_minus_bt'], True)} | "
               f"{r['verdict']} |" for r in rows]
     if missing:
-        lines += ["", "Not computed (the cell's report holds no per-domain gold and its cached held-out stages are "
-                  "gone; re-running the cell computes them): " + "; ".join(missing) + "."]
+        lines += ["", "Not computed (the method was not run in that cell, or the row needs per-domain gold that "
+                  "neither the cell's report nor its cached held-out stages hold; re-running the cell computes "
+                  "it): " + "; ".join(missing) + "."]
     lines += ["", f"Command: `{report['command']}`", ""]
     (results / "summary.md").write_text("\n".join(lines))
     import matplotlib

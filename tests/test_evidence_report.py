@@ -102,3 +102,23 @@ def test_the_summary_reads_the_kept_cell_reports_and_names_what_it_cannot_comput
     assert "H2 behaviour shift (behaviour, meta)" in summary["not_computed"]
     assert "H1 (on-policy) (attributes, meta_onpolicy)" in summary["not_computed"]  # not measured in this cell
     assert "Not computed" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_summary_takes_each_row_from_the_report_and_needs_per_domain_gold_only_for_the_trend(evidence, tmp_path):
+    bt = [_result([0.1, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])] * 2
+    meta = [_result([0.2, 0.2], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2
+    tuning = {m: {"best": {"beta": 0.3}, "criterion": 0.0} for m in ("bt", "meta")}
+    for cell in ("off", "budget4"):
+        report = evidence.cell_report(evidence.SYNTHETIC, cell, {"bt": bt, "meta": meta}, tuning,
+                                      {"a": None, "b": None}, "cmd")
+        if cell == "budget4":  # a report written before reports kept the per-domain gold
+            for m in report["methods"].values():
+                del m["per_domain_gold"]
+        evidence.write_json(tmp_path / f"{cell}.json", report)
+    summary = evidence.summary(tmp_path / "runs", tmp_path)
+    rows = {r["hypothesis"]: r for r in summary["rows"]}
+    assert rows["H3 budget 4 pairs/domain"]["meta_minus_bt"]["mean"] == pytest.approx(0.0)  # (0.1 - 0.1) / 2
+    assert rows["H3 budget 64 pairs/domain"]["meta_minus_bt"]["ci95"] == \
+        evidence.read_json(tmp_path / "off.json")["methods"]["meta"]["minus_bt"]["all"]["ci95"]
+    assert "H3 trend (budget4 − off, meta)" in summary["not_computed"]
+    assert not any(r["hypothesis"].startswith("H3 trend") for r in summary["rows"])
