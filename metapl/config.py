@@ -3,12 +3,15 @@
     cfg = load_config(RunConfig, "experiments/configs/dpo_synthetic.yaml", ["optim.learning_rate=3e-4", "steps=50"])
     save_config(cfg, run_dir / "config.yaml")
 
-Values are parsed as YAML scalars (`3e-4`, `true`, `[1, 2]`, `null`) and checked against the field's type.
+Values are parsed as YAML scalars (`3e-4`, `true`, `[1, 2]`, `null`) and checked against the field's type. Every
+number must be finite, and a field declared with `number(default, ge=..., gt=..., le=..., lt=...)` must lie in its
+range: the range sits beside the field it constrains, and `check_settings` checks them all, naming the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +22,50 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad config file or override; the message names the dotted key."""
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def number(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None) -> Any:
+    """A numeric config field with the range it must lie in (a tuple field: each element); None stays allowed when
+    the field's type admits it."""
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def _check_number(value: Any, bounds: dict, key: str) -> None:
+    if isinstance(value, dict):  # e.g. a per-domain budget
+        for k, v in value.items():
+            _check_number(v, bounds, f"{key}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_number(v, bounds, f"{key}[{i}]")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
+    for name, bound in bounds.items():
+        symbol, holds = _BOUNDS[name]
+        if not holds(value, bound):
+            rule = " and ".join(f"{_BOUNDS[n][0]} {b}" for n, b in bounds.items())
+            raise ConfigError(f"{key}: must be {rule}, got {value}")
+
+
+def check_settings(cfg: Any, prefix: str = "") -> None:
+    """Every number of config dataclass `cfg` (nested sections included) finite and within its field's declared
+    range (`number`); ConfigError naming the dotted key otherwise. `from_dict` checks the values it is given; this
+    checks a config built in Python."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_settings(value, f"{prefix}{f.name}.")
+        elif value is not None:
+            _check_number(value, f.metadata.get("bounds", {}), prefix + f.name)
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -94,6 +141,9 @@ def from_dict(cls, data: dict, *, prefix: str = ""):
         raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                           f"{cls.__name__} has {', '.join(sorted(names))}")
     kwargs = {k: _check(v, hints[k], prefix + k) for k, v in data.items()}
+    for f in dataclasses.fields(cls):  # ranges before the class's own cross-field checks see the values
+        if f.name in kwargs and kwargs[f.name] is not None and not dataclasses.is_dataclass(kwargs[f.name]):
+            _check_number(kwargs[f.name], f.metadata.get("bounds", {}), prefix + f.name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

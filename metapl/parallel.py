@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metapl.config import ConfigError
+from metapl.config import ConfigError, number
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch's leading dimension is split over both
@@ -47,12 +47,12 @@ class MeshConfig:
     """Axis sizes (their product = devices used; 1 x 1 x 1 = one device, no sharding) and, for multi-process
     runs, how to reach the coordinator (None: let `jax.distributed.initialize` read the environment)."""
 
-    data: int = 1
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = number(1, ge=1)
+    fsdp: int = number(1, ge=1)
+    tensor: int = number(1, ge=1)
     coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
+    num_processes: int | None = number(None, ge=1)
+    process_id: int | None = number(None, ge=0)
 
     def __post_init__(self):
         for name in AXES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Literal
 
+from metapl.config import number
 from metapl.algorithms.common import RewardSource, policy_gold_reward, sample_scorer, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, TruncationStats
 from metapl.data.reward_tokens import DEFAULT_REWARD_TEMPLATE, DEFAULT_REWARD_TOKEN, render_reward_prompt
@@ -37,8 +38,8 @@ class OfflineOptions:
 
     filter: Literal["best_of_n", "zscore"] = "best_of_n"
     threshold: float = 0.5
-    tau: float = 1.0
-    bins: int = 4
+    tau: float = number(1.0, gt=0)
+    bins: int = number(4, ge=2)
 
     def __post_init__(self):
         if self.tau <= 0:

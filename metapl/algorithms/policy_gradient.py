@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 import jax
 import jax.numpy as jnp
 
+from metapl.config import number
 from metapl.algorithms.common import (
     RewardSource, placed_on_run_mesh, policy_gold_reward, sample_scorer, start_policy, token_scores, training_prompts,
 )
@@ -90,8 +91,8 @@ class Rollouts:
 class RLOOLoss:
     """k: samples per prompt; beta: KL weight β; estimator: the KL estimator, "k1" (log-ratio) or "k3"."""
 
-    k: int = 4
-    beta: float = 0.05
+    k: int = number(4, ge=2)
+    beta: float = number(0.05, ge=0)
     estimator: Literal["k1", "k3"] = "k1"
 
     def __post_init__(self):
@@ -133,9 +134,9 @@ def setup_rloo(cfg: RLOORun) -> Setup:
 class PPOLoss:
     """clip: the policy ratio's clip range; value_clip: the value update's; value_coef: the value loss weight."""
 
-    clip: float = 0.2
-    value_clip: float = 0.2
-    value_coef: float = 0.1
+    clip: float = number(0.2, gt=0)
+    value_clip: float = number(0.2, gt=0)
+    value_coef: float = number(0.1, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +144,12 @@ class PPOOptions:
     """Rollout options: beta (the KL weight of the token rewards, adapted when kl_target is set), gamma and lam
     (GAE), epochs (training steps per rollout), kl_target and kl_horizon (the adaptive KL controller)."""
 
-    beta: float = 0.05
-    gamma: float = 1.0
-    lam: float = 0.95
-    epochs: int = 2
-    kl_target: float | None = None
-    kl_horizon: float = 10000.0
+    beta: float = number(0.05, ge=0)
+    gamma: float = number(1.0, ge=0, le=1)
+    lam: float = number(0.95, ge=0, le=1)
+    epochs: int = number(2, ge=1)
+    kl_target: float | None = number(None, gt=0)
+    kl_horizon: float = number(10000.0, gt=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from metapl.algorithms.common import pair_evaluator, policy_gold_reward, start_policy, training_prompts
-from metapl.config import ConfigError
+from metapl.config import ConfigError, number
 from metapl.data.batching import PairLoader, SequenceShape, TruncationStats
 from metapl.data.benchmarks import BENCHMARKS, DataSpec
 from metapl.data.srpo import DEFAULT_REVISION_TEMPLATE, srpo_sequences
@@ -31,7 +31,7 @@ from metapl.train.spec import Algorithm, RunConfig, Setup, build_model_and_bench
 class RMLoss:
     """centering: weight c of the penalty c·(r_w + r_l)²; use_margin: subtract the pairs' label margins."""
 
-    centering: float = 0.0
+    centering: float = number(0.0, ge=0)
     use_margin: bool = False
 
 
@@ -80,8 +80,8 @@ def setup_rm(cfg: RMRun) -> Setup:
 class DPOLoss:
     """beta: the KL weight β; label_smoothing: ε of conservative DPO (DPO only; 0 is plain DPO)."""
 
-    beta: float = 0.1
-    label_smoothing: float = 0.0
+    beta: float = number(0.1, gt=0)
+    label_smoothing: float = number(0.0, ge=0, le=0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +145,7 @@ def setup_dpo(cfg: DPORun) -> Setup:
 class TreeRMLoss:
     """centering: weight c of the penalty c·(r_w + r_l)²."""
 
-    centering: float = 0.0
+    centering: float = number(0.0, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +205,8 @@ def setup_tree_rm(cfg: TreeRMRun) -> Setup:
 class SRPOLoss:
     """beta: the KL weight β; alpha: the weight α of L_self against L_gen."""
 
-    beta: float = 0.1
-    alpha: float = 0.5
+    beta: float = number(0.1, gt=0)
+    alpha: float = number(0.5, ge=0, le=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from metapl.config import number
 from metapl.data.mechanisms import MechanismConfig
 from metapl.data.schemas import DataError, PreferencePair, PromptExample
 from metapl.data.synthetic import SyntheticConfig
@@ -39,14 +40,14 @@ class DataSpec:
     data_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()  # synthetic_domains' and mechanism_domains' knobs
     mechanisms: MechanismConfig = MechanismConfig()  # mechanism_domains' mechanism knobs
-    batch_size: int = 8
-    max_prompt_tokens: int = 16
-    max_response_tokens: int = 16
-    eval_fraction: float = 0.25  # of each training domain's pairs, held out for evaluation
-    eval_prompts: int = 64
-    tree_prompts: int = 64  # tree-rm: prompts (over the training domains) to grow preference trees from
-    sample_prompts: int = 64  # offline methods, RLOO, PPO: prompts (over the training domains) to sample from
-    samples_per_prompt: int = 4  # offline methods: responses sampled per prompt from the reference policy
+    batch_size: int = number(8, ge=1)
+    max_prompt_tokens: int = number(16, ge=1)
+    max_response_tokens: int = number(16, ge=1)
+    eval_fraction: float = number(0.25, ge=0, lt=1)  # of each training domain's pairs, held out for evaluation
+    eval_prompts: int = number(64, ge=1)
+    tree_prompts: int = number(64, ge=1)  # tree-rm: prompts (over the training domains) to grow preference trees from
+    sample_prompts: int = number(64, ge=1)  # offline methods, RLOO, PPO: training-domain prompts to sample from
+    samples_per_prompt: int = number(4, ge=1)  # offline methods: responses sampled per prompt from the reference policy
 
 
 SPLITS = ("train", "validation", "heldout")

@@ -14,6 +14,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from metapl.config import number
 from metapl.data.schemas import DataError, PreferencePair, PromptExample
 
 
@@ -22,17 +23,17 @@ class EpisodeShape:
     """domains_per_episode domains per episode; per domain `support_prompts` prompts and `query_pairs` pairs,
     the pairs drawn from a pool of `feedback_budget` pairs per domain (an int, or a per-domain mapping)."""
 
-    domains_per_episode: int = 4
-    support_prompts: int = 8
-    query_pairs: int = 8
-    feedback_budget: int | Mapping[str, int] = 32
+    domains_per_episode: int = number(4, ge=1)
+    support_prompts: int = number(8, ge=1)
+    query_pairs: int = number(8, ge=1)
+    feedback_budget: int | Mapping[str, int] = number(32, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeConfig(EpisodeShape):
     """An `EpisodeShape` and the seed of the episode draws."""
 
-    seed: int = 0
+    seed: int = number(0, ge=0)
 
 
 class Episode(NamedTuple):

@@ -28,6 +28,7 @@ import itertools
 
 import numpy as np
 
+from metapl.config import number
 from metapl.data.schemas import DataError
 from metapl.data.synthetic import SyntheticConfig, SyntheticDomains, WordTokenizer
 
@@ -41,10 +42,10 @@ INNER_VALUES = (-0.5, 0.0, 0.5)  # attribute values of the meta-train domains (a
 class MechanismConfig:
     """The mechanism knobs (all off by default: the benchmark is then `synthetic_domains`)."""
 
-    attributes: int = 0
-    attribute_strength: float = 1.0
-    descriptor_slots: int = 4
-    behaviour_shift: float = 0.0
+    attributes: int = number(0, ge=0)
+    attribute_strength: float = number(1.0, ge=0)
+    descriptor_slots: int = number(4, ge=4)
+    behaviour_shift: float = number(0.0, ge=0)
 
     def __post_init__(self):
         if not isinstance(self.attributes, int) or self.attributes < 0 or self.attributes == 1:

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from metapl.config import number
 from metapl.data.schemas import DataError, PreferencePair, PromptExample
 
 _WORLD, _DOMAIN, _PROMPTS, _PAIRS, _VALIDATION = 0, 1, 2, 3, 4  # random-stream tags
@@ -36,18 +37,18 @@ _WORLD, _DOMAIN, _PROMPTS, _PAIRS, _VALIDATION = 0, 1, 2, 3, 4  # random-stream 
 class SyntheticConfig:
     """Knobs of the synthetic benchmark (defaults: 64 domains, 24 held out, a minute-scale experiment on CPU)."""
 
-    num_domains: int = 64
-    num_heldout: int = 24
-    vocab_words: int = 32
-    feature_dim: int = 8
-    shift: float = 0.5
-    prompt_shift: float = 1.0
-    relevance: float = 0.5
-    label_noise: float = 0.1
-    pairs_per_domain: int = 64
-    prompt_words: tuple[int, int] = (4, 8)
-    response_words: tuple[int, int] = (4, 8)
-    seed: int = 0
+    num_domains: int = number(64, ge=2)
+    num_heldout: int = number(24, ge=1)
+    vocab_words: int = number(32, ge=1)
+    feature_dim: int = number(8, ge=1)
+    shift: float = number(0.5, ge=0)
+    prompt_shift: float = number(1.0, ge=0)
+    relevance: float = number(0.5, ge=0)
+    label_noise: float = number(0.1, ge=0)
+    pairs_per_domain: int = number(64, ge=1)
+    prompt_words: tuple[int, int] = number((4, 8), ge=1)
+    response_words: tuple[int, int] = number((4, 8), ge=1)
+    seed: int = number(0, ge=0)
 
     def __post_init__(self):
         if not 0 < self.num_heldout < self.num_domains:

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from metapl.config import number
 from metapl.data.judges import bradley_terry_label
 from metapl.data.schemas import (
     LeafComparison,
@@ -109,18 +110,18 @@ class TreeConfig:
     seed: sampling key, pair selection and labels.
     """
 
-    depth: int = 3
-    branching: int | tuple[int, ...] = 2
-    segment_tokens: int = 32
+    depth: int = number(3, ge=1)
+    branching: int | tuple[int, ...] = number(2, ge=1)
+    segment_tokens: int = number(32, ge=1)
     separators: tuple[int | str, ...] = (".", "!", "?", "\n")
-    temperatures: float | tuple[float, ...] | None = None
-    top_k: int = 0
-    top_p: float = 1.0
-    pairs_per_tree: int | None = 8
+    temperatures: float | tuple[float, ...] | None = number(None, ge=0)
+    top_k: int = number(0, ge=0)
+    top_p: float = number(1.0, gt=0, le=1)
+    pairs_per_tree: int | None = number(8, ge=1)
     pair_selection: str = "stratified"
-    label_noise: float = 0.1
-    batch_size: int = 16
-    seed: int = 0
+    label_noise: float = number(0.1, ge=0)
+    batch_size: int = number(16, ge=1)
+    seed: int = number(0, ge=0)
 
     def __post_init__(self):
         for name in ("branching", "separators", "temperatures"):

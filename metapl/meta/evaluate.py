@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metapl.bilevel import inner_solve
-from metapl.config import ConfigError
+from metapl.config import ConfigError, number
 from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
@@ -67,16 +67,16 @@ class MetaTestConfig:
     data x fsdp, so domains_per_batch must divide by it; weights are laid out by `metapl.parallel`'s rules; the
     numbers do not depend on the mesh)."""
 
-    prompts: int = 16
-    eval_prompts: int = 32
-    samples_per_prompt: int = 4
-    steps: int | None = None
-    lr: float | None = None
-    beta: float | None = None
-    prox: float | None = None
-    bootstrap: int = 2000
-    seed: int = 0
-    domains_per_batch: int = 8
+    prompts: int = number(16, ge=1)
+    eval_prompts: int = number(32, ge=1)
+    samples_per_prompt: int = number(4, ge=1)
+    steps: int | None = number(None, ge=1)
+    lr: float | None = number(None, ge=0)
+    beta: float | None = number(None, gt=0)
+    prox: float | None = number(None, ge=0)
+    bootstrap: int = number(2000, ge=1)
+    seed: int = number(0, ge=0)
+    domains_per_batch: int = number(8, ge=1)
     reward: str = "model"
     mesh: MeshConfig = MeshConfig()
 

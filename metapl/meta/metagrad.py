@@ -29,6 +29,7 @@ import optax
 from metapl.bilevel import (
     BilevelProblem, Implicit, Strategy, Unrolled, outer_objective, strategy_from_method, tree_vdot,
 )
+from metapl.config import number
 from metapl.losses.preference import reference_logprobs
 from metapl.meta.objectives import (
     RewardFn, agreement_outer_loss, onpolicy_inner_grad, projected_inner_loss, reward_pair_loss, sample_rewards,
@@ -56,23 +57,23 @@ class MetaConfig:
     the current policy at every inner step, RLOO with the KL-shaped reward).
     """
 
-    beta: float = 0.1
-    beta_out: float = 0.1
-    inner_steps: int = 4
+    beta: float = number(0.1, gt=0)
+    beta_out: float = number(0.1, gt=0)
+    inner_steps: int = number(4, ge=1)
     inner_optimizer: Literal["sgd", "adam"] = "sgd"
-    inner_lr: float = 1e-2
+    inner_lr: float = number(1e-2, ge=0)
     method: Literal["unrolled", "implicit", "first_order"] = "unrolled"
     checkpoint: bool = False
-    truncate: int | None = None
+    truncate: int | None = number(None, ge=1)
     adjoint: bool = False
     solver: Literal["cg", "neumann"] = "cg"
-    solver_iterations: int = 20
-    damping: float = 0.0
+    solver_iterations: int = number(20, ge=1)
+    damping: float = number(0.0, ge=0)
     first_order_scale: float = 1.0
-    bt_weight: float = 0.0
-    prox: float = 0.0
+    bt_weight: float = number(0.0, ge=0)
+    prox: float = number(0.0, ge=0)
     inner_solver: Literal["projected", "onpolicy"] = "projected"
-    onpolicy_samples: int = 4
+    onpolicy_samples: int = number(4, ge=2)
 
     def __post_init__(self):
         if self.inner_optimizer not in ("sgd", "adam"):

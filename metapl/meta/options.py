@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from metapl.config import number
 from metapl.data.episodes import EpisodeConfig, EpisodeShape
 from metapl.meta.metagrad import MetaConfig
 
@@ -23,8 +24,8 @@ class MetaOptions(MetaConfig, EpisodeShape):
     """MetaConfig and EpisodeShape fields, plus samples_per_prompt (reference samples N per support prompt) and
     support_pool (prompts per training domain whose reference samples are drawn once, at set-up)."""
 
-    samples_per_prompt: int = 4
-    support_pool: int = 16
+    samples_per_prompt: int = number(4, ge=1)
+    support_pool: int = number(16, ge=1)
 
     def __post_init__(self):
         super().__post_init__()

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 
+from metapl.config import number
 from metapl.models.config import LoraConfig, ModelConfig, llama
 from metapl.models.transformer import init_params
 
@@ -21,13 +22,13 @@ class ModelSpec:
     a .gguf file) or a small random Llama of the given sizes."""
 
     pretrained: str | None = None
-    hidden_size: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 64
-    lora_rank: int = 0  # 0: train all weights; > 0: train LoRA adapters only (the reference is the base)
-    lora_alpha: float = 16.0
+    hidden_size: int = number(32, ge=1)
+    num_layers: int = number(2, ge=1)
+    num_heads: int = number(4, ge=1)
+    num_kv_heads: int = number(2, ge=1)
+    intermediate_size: int = number(64, ge=1)
+    lora_rank: int = number(0, ge=0)  # 0: train all weights; > 0: train LoRA adapters only (the reference is the base)
+    lora_alpha: float = number(16.0, gt=0)
     lora_targets: tuple[str, ...] = ("q", "v")
     dtype: str = "float32"
     remat: str = "dots"  # what the backward keeps per layer: "dots", "full" or "none" (see ModelConfig.remat)

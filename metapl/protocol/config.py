@@ -26,7 +26,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from metapl.config import ConfigError, from_dict, read_mapping, to_dict
+from metapl.config import ConfigError, from_dict, number, read_mapping, to_dict
 from metapl.eval.http_judge import HttpJudge
 from metapl.meta.evaluate import MetaTestConfig
 from metapl.protocol.methods import method
@@ -38,31 +38,25 @@ SOLVER_KEYS = ("steps", "lr", "beta", "prox")
 class MethodSettings:
     """steps: training steps (None: the method's default); run: the method's own run settings (a mapping)."""
 
-    steps: int | None = None
+    steps: int | None = number(None, ge=1)
     run: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")  # from_dict names the method
 
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
     name: str = "protocol"
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = number((0,), ge=0)
     run: dict = dataclasses.field(default_factory=dict)
     methods: dict = dataclasses.field(default_factory=lambda: {"bt": MethodSettings(), "gold": MethodSettings()})
     baseline: str = "bt"
     test: MetaTestConfig = MetaTestConfig()
     solver_grid: tuple[dict, ...] = ()
-    revisions: int = 0  # policies also revise their answers this many times in context (SRPO's inference)
+    revisions: int = number(0, ge=0)  # policies also revise their answers this many times in context (SRPO's inference)
     judge: dict = dataclasses.field(default_factory=dict)  # an LLM judge over HTTP (`metapl.eval.HttpJudge` fields)
 
     def __post_init__(self):
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        if self.revisions < 0:
-            raise ConfigError(f"revisions: expected >= 0, got {self.revisions}")
         if self.judge:
             missing = [k for k in ("base_url", "model") if k not in self.judge]
             if missing:

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from metapl.config import ConfigError, from_dict, read_mapping
+from metapl.config import ConfigError, from_dict, number, read_mapping
 from metapl.data.benchmarks import Benchmark, DataSpec, load_benchmark
 from metapl.keys import stream_key
 from metapl.models.config import ModelConfig
@@ -36,12 +36,12 @@ class RunConfig:
     data: DataSpec = DataSpec()
     optim: OptimConfig = OptimConfig(learning_rate=1e-3)
     mesh: MeshConfig = MeshConfig()  # devices: data x fsdp x tensor (all 1: one device)
-    steps: int = 200
-    accumulation_steps: int = 1
-    log_every: int = 10
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    seed: int = 0
+    steps: int = number(200, ge=1)
+    accumulation_steps: int = number(1, ge=1)
+    log_every: int = number(10, ge=1)
+    eval_every: int = number(50, ge=1)
+    checkpoint_every: int = number(50, ge=1)
+    seed: int = number(0, ge=0)
 
 
 def build_model_and_benchmark(cfg: RunConfig, reward_tokens: tuple[str, ...] = ()

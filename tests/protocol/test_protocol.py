@@ -50,7 +50,7 @@ def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
     ({"run": {"steps": 3}}, "run.steps: the protocol sets it"),
     ({"solver_grid": [{"beta": 0.1, "temperature": 1}]},
      r"solver_grid\[0\]: unknown solver setting\(s\) \['temperature'\]"),
-    ({"methods": {"bt": {"steps": 0}}}, "methods.bt.steps must be >= 1"),
+    ({"methods": {"bt": {"steps": 0}}}, "methods.bt.steps: must be >= 1, got 0"),
     ({"methods": {"bt": {"stepz": 3}}}, r"unknown key\(s\) methods.bt.stepz"),
     ({"seeds": [0, 0]}, r"seeds: \[0, 0\] repeats a seed"),
     ({"test": {"prompts": "many"}}, "test.prompts: expected an integer"),
@@ -153,7 +153,7 @@ def test_policies_revise_their_answers_in_context_when_asked(tmp_path):
         assert curve[0]["mean"] == pytest.approx(report["methods"][name]["gold"]["mean"])  # i = 0: the direct answer
     assert (tmp_path / "rev" / "plots" / "revisions.png").exists()
     assert "In-context revisions" in (tmp_path / "rev" / "report.md").read_text()
-    with pytest.raises(ConfigError, match="revisions: expected >= 0"):
+    with pytest.raises(ConfigError, match="revisions: must be >= 0, got -1"):
         _tiny(revisions=-1)
 
 
