@@ -3,7 +3,8 @@
 A run directory holds `config.yaml` (the fully resolved config: every field, defaults included), `setup.json`
 (what the algorithm set up), `metrics.jsonl` (one JSON object per logged step or evaluation), TensorBoard event
 files under `tb/`, and orbax checkpoints under `checkpoints/` with the train state (params, optimiser state, RNG,
-counters) and the data iterator's position, so `resume` continues exactly where the run stopped.
+counters) and the data iterator's position, so `resume` continues exactly where the run stopped. On resume, what
+a killed run wrote past its last checkpoint is set aside first (`rewind_run_files`), so every step is logged once.
 
 The loop runs any `Setup` (`metapl.train.spec`): trainable and frozen params, an objective, a data iterator and
 an evaluation function. Algorithms register with `metapl.train.spec.register`; `metapl.algorithms` holds them.
@@ -20,8 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from metapl.config import ConfigError, apply_overrides, read_mapping, save_config, to_dict
-from metapl.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from metapl.config import ConfigError, apply_overrides, check_settings, read_mapping, save_config, to_dict
+from metapl.train.checkpoints import NonFiniteState, checkpoint_manager, restore_checkpoint, save_checkpoint
 from metapl.train.spec import RunConfig, Setup, algorithm, load_run_config, run_config_from_dict, upgrade_saved
 from metapl.train.step import init_state, make_optimizer, make_train_step
 
@@ -43,14 +44,15 @@ def _jsonable(metrics: dict) -> dict:
 
 
 class MetricsWriter:
-    """metrics.jsonl plus TensorBoard scalars (when tensorboardX is installed)."""
+    """metrics.jsonl plus TensorBoard scalars (when tensorboardX is installed). `purge_step`: TensorBoard hides the
+    events an earlier writer logged at this step or later (a resumed run's steps past its checkpoint)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
         try:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             self.tb = None
 
@@ -67,6 +69,45 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+SET_ASIDE = "discarded"  # where rewind_run_files moves what a killed run wrote past its checkpoint
+
+
+def rewind_run_files(run_dir: Path, step: int) -> list[str]:
+    """Bring a run directory's logs back to `step`, the step a resumed run continues after (0: from scratch, so
+    its step-0 evaluation is logged again): metrics.jsonl rows past it, and test results (`*.json` + `.md` with a
+    `checkpoint_step`) of checkpoints past it, are moved to `discarded/` (rows appended to
+    `discarded/metrics.jsonl`). Returns what was moved, one phrase each."""
+    moved, aside = [], run_dir / SET_ASIDE
+    keep = (lambda row: row.get("step", 0) <= step) if step > 0 else (lambda row: False)
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept, dropped = [], []
+        for line in lines:
+            try:
+                (kept if keep(json.loads(line)) else dropped).append(line)
+            except json.JSONDecodeError:  # a row cut short by the kill
+                dropped.append(line)
+        if dropped:
+            aside.mkdir(exist_ok=True)
+            with open(aside / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write("\n".join(dropped) + "\n")
+            log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            moved.append(f"{len(dropped)} metrics.jsonl row(s) past step {step}")
+    for result in sorted(run_dir.glob("*.json")):
+        try:
+            tested = json.loads(result.read_text(encoding="utf-8")).get("checkpoint_step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(tested, int) and tested > step:
+            aside.mkdir(exist_ok=True)
+            for path in (result, result.with_suffix(".md")):
+                if path.exists():
+                    path.replace(aside / path.name)
+            moved.append(f"{result.name} (tested step {tested})")
+    return moved
 
 
 def read_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -86,6 +127,8 @@ def prepare_run_dir(run_dir: Path, config_file: str | None, overrides: list[str]
     directory's config.yaml is (re)written fully resolved."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: --run-dir names a file, not a directory")
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
@@ -110,6 +153,7 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
     """Run (or resume) training; returns the final evaluation metrics. `setup`: what to train (default: the
     registered algorithm `cfg.algo` set up from `cfg`)."""
     run_dir = Path(run_dir)
+    check_settings(cfg)  # a config built in Python; one read from a file or overrides was checked as it was read
     if setup is None:
         setup = algorithm(cfg.algo).setup(cfg)
     _log(f"{cfg.algo}: {setup.describe}")
@@ -129,8 +173,13 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
         state, data_state = restore_checkpoint(manager, manager.latest_step(), state)  # onto `state`'s shardings
         setup.batches.load_state_dict(data_state)
         _log(f"resumed from step {int(state.step)}")
-    writer = MetricsWriter(run_dir)
     start = int(state.step)
+    if resume:
+        moved = rewind_run_files(run_dir, start)
+        if moved:
+            _log(f"set aside in {run_dir / SET_ASIDE}, written after the checkpoint the run resumes from: "
+                 f"{'; '.join(moved)}")
+    writer = MetricsWriter(run_dir, purge_step=start + 1 if resume else None)
     if start == 0:
         writer.write(0, setup.evaluate(state.params, frozen), "eval")
     bar = _progress(cfg.steps, start, progress)
@@ -148,7 +197,7 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
                      "iterations; its meta-gradient is unreliable (raise meta.damping or meta.prox)")
             if int(state.nonfinite_run) >= cfg.optim.max_nonfinite_steps:
                 raise RunError(f"{cfg.optim.max_nonfinite_steps} consecutive non-finite steps at step {step}; "
-                               f"stopping (the last checkpoint, step {manager.latest_step()}, is kept)")
+                               f"stopping ({_kept(manager)})")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = jax.device_get(metrics)
                 metrics["steps_per_s"] = (step - start) / (time.perf_counter() - t0)
@@ -158,12 +207,20 @@ def train(run_dir: str | Path, cfg: RunConfig, *, resume: bool = False, progress
                 last = setup.evaluate(state.params, frozen)
                 writer.write(step, last, "eval")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(manager, step, state, setup.batches.state_dict())
+                try:
+                    save_checkpoint(manager, step, state, setup.batches.state_dict())
+                except NonFiniteState as e:
+                    raise RunError(f"step {step}: {e}; stopping ({_kept(manager)})") from None
     finally:
         writer.close()
     if not last:
         last = setup.evaluate(state.params, frozen)
     return last
+
+
+def _kept(manager) -> str:
+    step = manager.latest_step()
+    return "no checkpoint was written yet" if step is None else f"the last checkpoint, step {step}, is kept"
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -186,4 +243,5 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-__all__ = ["MetricsWriter", "RunError", "prepare_run_dir", "read_metrics", "read_run_config", "train"]
+__all__ = ["MetricsWriter", "RunError", "prepare_run_dir", "read_metrics", "read_run_config", "rewind_run_files",
+           "train"]

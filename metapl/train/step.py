@@ -11,7 +11,8 @@ reward head) is a `trainable_mask` over the trainable tree.
     step = make_train_step(objective, optimizer, accumulation_steps=4)
     state, metrics = step(state, frozen, batch)      # batch leading dim = 4 x micro-batch
 
-A step whose loss or gradient is not finite leaves params and optimiser state unchanged and is counted
+A step whose loss, gradient, update or new optimiser state is not finite leaves params and optimiser state
+unchanged and is counted
 (`metrics["skipped"]`, `state.nonfinite_run`); the training loop stops after `OptimConfig.max_nonfinite_steps`
 consecutive ones.
 """
@@ -25,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metapl.config import number
+
 Params = Any
 Objective = Callable[[Params, Params, Any], tuple[jax.Array, dict]]
 
@@ -33,16 +36,16 @@ Objective = Callable[[Params, Params, Any], tuple[jax.Array, dict]]
 class OptimConfig:
     """AdamW with an optional schedule and global-norm clipping."""
 
-    learning_rate: float = 1e-5
+    learning_rate: float = number(1e-5, ge=0)
     schedule: str = "constant"  # "constant", "linear" (decay to 0) or "cosine" (decay to 0), after warmup
-    warmup_steps: int = 0
-    total_steps: int | None = None  # needed by the decaying schedules
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    max_nonfinite_steps: int = 10
+    warmup_steps: int = number(0, ge=0)
+    total_steps: int | None = number(None, ge=1)  # needed by the decaying schedules
+    weight_decay: float = number(0.0, ge=0)
+    b1: float = number(0.9, ge=0, lt=1)
+    b2: float = number(0.999, ge=0, lt=1)
+    eps: float = number(1e-8, ge=0)
+    max_grad_norm: float | None = number(1.0, gt=0)
+    max_nonfinite_steps: int = number(10, ge=1)
 
     def __post_init__(self):
         if self.schedule not in ("constant", "linear", "cosine"):
@@ -139,9 +142,10 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
 
     def step(state: TrainState, frozen: Params, batch: Any) -> tuple[TrainState, dict]:
         loss, grads, metrics = accumulate_gradients(objective, state.params, frozen, batch, accumulation_steps)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        # a finite gradient can still give a non-finite update (a NaN learning rate, an overflowing moment)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params) & _all_finite(new_opt)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         run = jnp.where(finite, 0, state.nonfinite_run + 1)
         new_state = TrainState(
