@@ -67,7 +67,10 @@ def add_parser(sub) -> None:
     i = dsub.add_parser("import", help="validate a JSONL/Parquet file of your own and write metapl records",
                         description="Read records through a column mapping, validate every one, and write them "
                         "as metapl JSONL. The first invalid record stops the import (exit status 2) unless "
-                        "--skip-invalid, which writes the skipped lines and reasons beside the output.")
+                        "--skip-invalid, which writes the skipped lines and reasons beside the output. Optional "
+                        "fields (gold_margin, reference) not mapped are read from columns of their own name when "
+                        "present; columns that feed no field are named with their row counts; an empty input, or "
+                        "one without a single valid record, is an error.")
     i.add_argument("path", type=Path, help="a .jsonl[.gz] or .parquet file, or a directory of them")
     i.add_argument("--kind", choices=("pairs", "prompts", "samples"), default="pairs")
     i.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
@@ -185,7 +188,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if not sep or not field or not column:
             raise DataError(f"--map expects FIELD=COLUMN, got {item!r}")
         columns[field] = column
-    optional = {"gold_margin", "reference"}
+    optional = {"gold_margin", "reference"}  # read from same-named columns where present (import_table)
     for field in record_type.FIELDS:
         if field not in columns and field not in optional and not (field == "domain" and args.domain):
             columns[field] = field
@@ -197,6 +200,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
             raise
         raise DataError(str(e)) from None
     print(result.summary())
+    if result.ignored:
+        print(f"note: column(s) {', '.join(result.ignored)} were not read; map one with --map FIELD=COLUMN",
+              file=sys.stderr)
+    if not result.records:  # every row invalid (--skip-invalid) or filtered out: nothing worth writing
+        first = f"; first: {result.skipped[0][1]}" if result.skipped else ""
+        raise DataError(f"no valid records ({len(result.skipped)} skipped{first})", source=str(args.path))
     if args.out:
         n = write_jsonl(args.out, result.records)
         print(f"wrote {n} records to {args.out}")

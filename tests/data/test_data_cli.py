@@ -100,6 +100,27 @@ def test_import_with_a_constant_domain_round_trips(tmp_path, capsys):
     assert json.loads((tmp_path / "o.jsonl").read_text()) == {"prompt": "Once upon a time", "domain": "stories"}
 
 
+def test_import_says_what_it_leaves_out_and_refuses_an_empty_input(tmp_path, capsys):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"q": "Say hi", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": 0.5, "margin": NaN}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "import", str(path), *MAPS[:-2], "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "column 'gm' in 1 row(s), column 'margin' in 1 row(s)" in captured.out
+    assert "column(s) gm, margin were not read" in captured.err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["data", "import", str(empty), *MAPS, "--out", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: no records: the input is empty" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "none.jsonl").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": " ", "good": "Hi!", "bad": "No.", "cat": "chat", "gm": 0}\n')
+    assert main(["data", "import", str(bad), *MAPS, "--skip-invalid", "--out", str(tmp_path / "none.jsonl")]) == 2
+    assert "no valid records (1 skipped; first:" in capsys.readouterr().err
+    assert not (tmp_path / "none.jsonl").exists()
+
+
 def test_build_fingerprint_names_the_records(built, tmp_path):
     from metapl.data import DataError
     from metapl.data.tfds_builders import build_fingerprint

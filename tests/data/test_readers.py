@@ -488,3 +488,39 @@ def test_generic_not_a_parquet_file(tmp_path):
     with pytest.raises(DataError, match="not a readable Parquet file") as info:
         import_table(path, PAIR_COLUMNS)
     assert info.value.source == str(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_generic_names_the_columns_it_does_not_read(tmp_path, fmt):
+    rows = [dict(r, margin=math.nan) for r in ROWS]  # a column the mapping leaves out
+    path = tmp_path / f"prefs.{fmt}"
+    _jsonl(path, rows) if fmt == "jsonl" else pq.write_table(pa.Table.from_pylist(rows), path)
+    result = import_table(path, PAIR_COLUMNS)
+    assert result.ignored == {"extra": 2, "margin": 2}
+    assert "ignored (not mapped to a field): column 'extra' in 2 row(s), column 'margin' in 2 row(s)" in \
+        result.summary()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_generic_reads_an_unmapped_optional_field_from_its_own_column(tmp_path, fmt):
+    rows = [dict(ROWS[0], gold_margin=0.5), dict(ROWS[1], gold_margin=None)]
+    path = tmp_path / f"prefs.{fmt}"
+    _jsonl(path, rows) if fmt == "jsonl" else pq.write_table(pa.Table.from_pylist(rows), path)
+    result = import_table(path, PAIR_COLUMNS)
+    assert [r.gold_margin for r in result.records] == [0.5, None] and "gold_margin" not in result.ignored
+    assert [r.gold_margin for r in import_table(path, PAIR_COLUMNS, optional_by_name=False).records] == [None, None]
+    rows[1]["gold_margin"] = math.nan  # read by default, so checked like a mapped one
+    _jsonl(path, rows) if fmt == "jsonl" else pq.write_table(pa.Table.from_pylist(rows), path)
+    with raises_at(path, 2, "gold_margin", "must be finite"):
+        import_table(path, PAIR_COLUMNS)
+
+
+def test_generic_an_empty_input_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match="no records: the input is empty") as info:
+        import_table(path, PAIR_COLUMNS)
+    assert info.value.source == str(path)
+    pq.write_table(pa.Table.from_pylist(ROWS).slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="no records: the input is empty"):
+        import_table(tmp_path / "empty.parquet", PAIR_COLUMNS)

@@ -25,17 +25,22 @@ class ImportResult(ReadResult):
     """A `ReadResult` that also says which files were read and how many records a reader option left out.
 
     filtered: {reason: count} for valid records excluded on purpose (a score-ratio threshold, another split,
-    out-of-scope rows); `skipped` stays the list of invalid records (only with skip_invalid).
+    out-of-scope rows); `skipped` stays the list of invalid records (only with skip_invalid); ignored: {column:
+    rows holding it} for the input's columns that no record field was read from (the generic importer).
     """
 
     filtered: dict[str, int] = dataclasses.field(default_factory=dict)
     files: list[str] = dataclasses.field(default_factory=list)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         line = super().summary()
         if self.filtered:
             ranked = sorted(self.filtered.items(), key=lambda kv: (-kv[1], kv[0]))
             line += ", filtered: " + "; ".join(f"{n}x {r}" for r, n in ranked)
+        if self.ignored:
+            line += ", ignored (not mapped to a field): " + ", ".join(
+                f"column {c!r} in {n} row(s)" for c, n in self.ignored.items())
         return line
 
     def count_filtered(self, reason: str, n: int = 1) -> None:
@@ -91,6 +96,11 @@ def iter_parquet_rows(path: str | Path, columns: Sequence[str] | None = None
         for record in batch.to_pylist():
             row += 1
             yield row, record, None
+
+
+def parquet_rows(path: Path) -> int:
+    """The number of rows of a Parquet file (from its footer)."""
+    return _parquet().ParquetFile(path).metadata.num_rows
 
 
 def is_parquet(path: Path) -> bool:

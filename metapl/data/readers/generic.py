@@ -8,7 +8,9 @@
 (JSON) or struct columns (Parquet) when no column has that exact name. `domain` is a constant domain for
 files without a domain column. Every mapped column must be present in every row (null is allowed for the
 optional fields gold_margin / reference); errors name the file, the line (the 1-based row for Parquet) and
-the file's column.
+the file's column. An optional field left unmapped is read from a column of its own name where a row has one.
+Columns that feed no field are counted in `ImportResult.ignored` (and named by its summary); an input without
+a single row is a DataError naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from metapl.data.readers._common import (
-    ImportResult, collect, find_files, is_parquet, iter_json_records, iter_parquet_rows, mapping,
+    ImportResult, collect, find_files, is_parquet, iter_json_records, iter_parquet_rows, mapping, parquet_columns,
+    parquet_rows,
 )
 from metapl.data.schemas import DataError, PreferencePair, PromptExample, ScoredSample, Where
 
@@ -32,9 +35,11 @@ def import_table(
     record_type: type = PreferencePair,
     domain: str | None = None,
     skip_invalid: bool = False,
+    optional_by_name: bool = True,
 ) -> ImportResult:
     """Read `record_type` records (PreferencePair, PromptExample or ScoredSample) from a file or a directory
-    of `*.jsonl[.gz]`, `*.json[.gz]` (JSON Lines) and `*.parquet` files, mapping fields to columns by `columns`.
+    of `*.jsonl[.gz]`, `*.json[.gz]` (JSON Lines) and `*.parquet` files, mapping fields to columns by `columns`;
+    `optional_by_name`: unmapped optional fields come from same-named columns where present.
     """
     if record_type not in RECORD_TYPES:
         raise ValueError(f"record_type must be one of {', '.join(t.__name__ for t in RECORD_TYPES)}")
@@ -48,13 +53,21 @@ def import_table(
     if missing:
         raise ValueError(f"no column mapped to required field(s) {missing}")
 
+    by_name = [f for f in record_type.FIELDS if f in _OPTIONAL and f not in columns] if optional_by_name else []
+    used = {c.split(".")[0] for c in columns.values()} | set(columns.values()) | set(by_name)
+    ignored: dict[str, int] = {}
+
     def convert(row: Any, where: Where):
         row = mapping(row, where, "a row")
+        for column in row:
+            if column not in used:
+                ignored[column] = ignored.get(column, 0) + 1
         obj = dict(constant)
         for field, column in columns.items():
             found, obj[field] = _lookup(row, column)
             if not found:
                 raise where.error(f"column missing (mapped to {field!r})", column)
+        obj.update({field: row[field] for field in by_name if field in row})
         try:
             return record_type.from_dict(obj, where)
         except DataError as e:
@@ -66,11 +79,16 @@ def import_table(
     path = Path(path)
     result = ImportResult(records=[], source=str(path))
     for file in find_files(path, ["*.jsonl", "*.json", "*.parquet"]):
-        if is_parquet(file):
-            rows = iter_parquet_rows(file, sorted({c.split(".")[0] for c in columns.values()} | set(columns.values())))
+        if is_parquet(file):  # only the used columns are read; the others are counted from the file's schema
+            for column in sorted(set(parquet_columns(file)) - used):
+                ignored[column] = ignored.get(column, 0) + parquet_rows(file)
+            rows = iter_parquet_rows(file, sorted(used))
         else:
             rows = iter_json_records(file)
         collect(result, file, rows, convert, skip_invalid=skip_invalid)
+    result.ignored = dict(sorted(ignored.items()))
+    if not (result.records or result.skipped or result.filtered):
+        raise DataError("no records: the input is empty", source=str(path))
     return result
 
 
