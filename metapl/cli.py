@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from metapl.config import check_settings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # transformers is used for tokenizers only; keep its notices (e.g. "PyTorch was not found") off the terminal.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -32,6 +34,12 @@ class UsageError(Exception):
 
 def _log(msg: str) -> None:
     print(f"[metapl] {msg}", file=sys.stderr, flush=True)
+
+
+def checked(cfg):
+    """`cfg` (a config dataclass built from flags) once its numbers are finite and in range (else ConfigError)."""
+    check_settings(cfg)
+    return cfg
 
 
 def _positive_int(text: str) -> int:
@@ -86,6 +94,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         stop_token_ids=() if args.no_stop else default_stop_ids(model.tokenizer),
     )
+    checked(sampling)
     t0 = time.perf_counter()
     texts = generate_text(model.params, model.config, model.tokenizer, prompts, jax.random.key(args.seed), sampling,
                           chat=args.chat, mesh=mesh)
@@ -103,7 +112,7 @@ def _mesh_config(args: argparse.Namespace):
     """The MeshConfig of the --mesh-* flags."""
     from metapl.parallel import MeshConfig
 
-    return MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor)
+    return checked(MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp, tensor=args.mesh_tensor))
 
 
 def _add_test_flags(parser: argparse.ArgumentParser, run_help: str) -> None:
@@ -155,6 +164,7 @@ def _cmd_meta_test(args: argparse.Namespace) -> int:
                           steps=args.steps, lr=args.lr, beta=args.beta, prox=args.prox, seed=args.seed,
                           domains_per_batch=args.domains_per_batch, reward=args.reward,
                           mesh=_mesh_config(args))
+    checked(test)
     initialize(test.mesh)  # multi-process runs join here, before JAX touches a device
     result = meta_test(args.run, args.domains, test, progress=not args.no_progress)
     keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "rm_pair_accuracy")
@@ -192,8 +202,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from metapl.runtime import enable_compile_cache
 
     enable_compile_cache()
-    test = MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts, samples_per_prompt=args.samples,
-                          seed=args.seed)
+    test = checked(MetaTestConfig(prompts=args.prompts, eval_prompts=args.eval_prompts,
+                                  samples_per_prompt=args.samples, seed=args.seed))
     result = evaluate_run(args.run, args.domains, test, progress=not args.no_progress)
     keys = ("gold_reference", "gold_adapted", "gold_gain", "win_rate", "kl")
     print(json.dumps({"run_dir": args.run, "split": args.domains, "domains": result["domains"],

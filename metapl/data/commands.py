@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from metapl.config import check_settings
 from metapl.data.schemas import DataError, PreferencePair
 
 BENCHMARKS = ("synthetic_domains", "sentiment_domains", "sentiment_targets")
@@ -97,6 +98,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             prompts_per_domain = knobs.pop("prompts_per_domain")
             config = SyntheticConfig(num_domains=args.num_domains, num_heldout=args.num_heldout, shift=args.shift,
                                      seed=args.seed, **knobs)
+            check_settings(config)
             paths = tfds_builders.build_synthetic(data_dir, config, prompts_per_domain=prompts_per_domain,
                                                   overwrite=args.overwrite)
         else:
@@ -108,6 +110,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                                      min_margin=args.min_margin, positive_fraction=args.positive_fraction,
                                      pairs_per_prompt=args.pairs_per_prompt,
                                      **_knobs(args, pairs_per_domain=8, prompts_per_domain=32, label_noise=0.05))
+            check_settings(config)
             paths = tfds_builders.build_sentiment(data_dir, config, overwrite=args.overwrite)
     except ValueError as e:
         if isinstance(e, DataError):

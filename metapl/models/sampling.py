@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metapl.config import number
 from metapl.models.config import ModelConfig
 from metapl.models.decoding import KVCache, cached_forward, decoding_weights, init_cache, next_token_logits
 from metapl.models.logprobs import logprob_of
@@ -29,10 +30,10 @@ MIN_BUCKET = 16
 class SamplingConfig:
     """How to pick tokens. temperature=0 means greedy; top_k=0 and top_p=1 disable those filters."""
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    max_new_tokens: int = number(64, ge=1)
+    temperature: float = number(1.0, ge=0)
+    top_k: int = number(0, ge=0)
+    top_p: float = number(1.0, gt=0, le=1)
     stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):

@@ -167,3 +167,17 @@ def test_the_guard_says_when_no_checkpoint_exists_yet(tmp_path):
     with pytest.raises(RunError, match=r"3 consecutive non-finite steps at step 3; stopping \(no checkpoint was "
                                        r"written yet\)"):
         train(tmp_path / "r", cfg, progress=False, setup=setup)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["data", "build", "synthetic_domains", "--label-noise", "nan"], "label_noise: expected a finite number, got nan"),
+    (["data", "build", "synthetic_domains", "--shift", "inf"], "shift: expected a finite number, got inf"),
+    (["meta-test", "--run", "no-such-run", "--beta", "nan"], "beta: expected a finite number, got nan"),
+    (["meta-test", "--run", "no-such-run", "--lr=-0.1"], "lr: must be >= 0, got -0.1"),
+])
+def test_settings_given_as_flags_are_checked_too(tmp_path, capsys, args, words):
+    extra = ["--data-dir", str(tmp_path / "data")] if args[0] == "data" else []
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()
