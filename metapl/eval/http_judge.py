@@ -5,11 +5,12 @@ TGI's OpenAI route, ...), as in the papers' GPT-4 evaluations: shown a prompt an
     verdicts = judge.compare(prompts, policy_responses, reference_responses)   # [n] in {0, ½, 1}
 
 Each comparison is asked in both orders by default (A/B then B/A) and the two verdicts are averaged, so a judge
-that always prefers the first position gives ½, not a win (`both_orders=False` halves the requests). Replies are
-read leniently ("A", "b.", "Response A", "Tie") and anything else counts as malformed. Transient failures (a
-timeout, a refused connection, HTTP 429 or 5xx, a malformed reply) are retried `retries` times with exponential
-backoff (a numeric Retry-After is honoured); other HTTP errors (401, 404, ...) fail at once. A failure that
-outlasts its retries raises `JudgeError` naming the comparison, the URL and what came back.
+that always prefers the first position gives ½, not a win (`both_orders=False` halves the requests); two identical
+answers tie at ½ without a request (a method against itself costs nothing). Replies are read leniently ("A",
+"b.", "Response A", "Tie") and anything else counts as malformed. Transient failures (a timeout, a refused
+connection, HTTP 429 or 5xx, a malformed reply) are retried `retries` times with exponential backoff (a numeric
+Retry-After is honoured); other HTTP errors (401, 404, ...) fail at once. A failure that outlasts its retries
+raises `JudgeError` naming the comparison, the URL and what came back.
 
 Verdicts are cached on disk (`cache_dir/verdicts.jsonl`, one JSON line per request, keyed by the sha256 of the
 model, the messages and the sampling settings), so re-evaluating a run asks only what was not asked before.
@@ -126,9 +127,10 @@ class HttpJudge(Judge):
 
     def compare(self, prompts: Sequence[PromptExample], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
         self._check(prompts, first, second)
-        asks = [(i, p, a, b) for i, (p, a, b) in enumerate(zip(prompts, first, second))]
+        differ = [i for i, (a, b) in enumerate(zip(first, second)) if a != b]  # identical answers tie, unasked
+        asks = [(i, prompts[i], first[i], second[i]) for i in differ]
         if self.both_orders:
-            asks += [(i, p, b, a) for i, (p, a, b) in enumerate(zip(prompts, first, second))]
+            asks += [(i, prompts[i], second[i], first[i]) for i in differ]
         bodies = [self._body(p, a, b) for _, p, a, b in asks]
         keys = [self._key(body) for body in bodies]
         todo = {}  # each request not in the cache, asked once however often it recurs
@@ -139,11 +141,12 @@ class HttpJudge(Judge):
             for _ in self._progress(pool.map(lambda item: self._verdict(item[0], *item[1]), todo.items()),
                                     len(todo)):
                 pass
-        verdicts = [float(self._cache[key]["verdict"]) for key in keys]
-        n = len(prompts)
-        out = np.asarray(verdicts[:n], dtype=float)
+        verdicts = np.asarray([float(self._cache[key]["verdict"]) for key in keys], dtype=float)
+        n = len(differ)
+        out = np.full(len(prompts), 0.5)
+        out[differ] = verdicts[:n]
         if self.both_orders:  # the swapped order's verdict is about `second` in position A
-            out = 0.5 * (out + (1.0 - np.asarray(verdicts[n:], dtype=float)))
+            out[differ] = 0.5 * (verdicts[:n] + (1.0 - verdicts[n:]))
         return out
 
     def messages(self, prompt: PromptExample, a: str, b: str) -> list[dict]:

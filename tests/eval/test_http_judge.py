@@ -99,7 +99,7 @@ def test_verdicts_in_both_orders_with_the_request_the_api_expects(monkeypatch):
         judge = _judge(server.url, api_key_env="METAPL_TEST_KEY")
         got = judge.compare(_prompts(4), ["a good one", "plain", "good", "plain"], ["plain", "a good one", "good", "x"])
         np.testing.assert_array_equal(got, [1.0, 0.0, 0.5, 0.5])
-        assert server.requests == judge.requests == 7  # each pair in both orders; ("good", "good") is one request
+        assert server.requests == judge.requests == 6  # each pair in both orders; ("good", "good") ties unasked
         path, headers, body = server.bodies[0]
         assert path == "/v1/chat/completions"
         assert headers["Authorization"] == "Bearer sk-test"
@@ -122,11 +122,11 @@ def test_verdicts_are_cached_on_disk_and_reused(tmp_path):
         asked = server.requests
         again = _judge(server.url, cache_dir=tmp_path)  # a new judge (process) reads the cache file
         np.testing.assert_array_equal(again.compare(prompts, first, second), one)
-        assert asked == 5 and server.requests == 5 and again.requests == 0  # ("y", "y") asks once
+        assert asked == 4 and server.requests == 4 and again.requests == 0  # ("y", "y") ties unasked
         again.compare(_prompts(4), first + ["good"], second + ["z"])  # only the new pair is asked
-        assert server.requests == 7
+        assert server.requests == 6
     lines = (tmp_path / "verdicts.jsonl").read_text().splitlines()
-    assert len(lines) == 7 and {json.loads(x)["model"] for x in lines} == {"judge-model"}
+    assert len(lines) == 6 and {json.loads(x)["model"] for x in lines} == {"judge-model"}
 
 
 def test_a_timeout_and_a_server_error_are_retried():
