@@ -117,9 +117,24 @@ def protocol_from_mapping(data: dict, where: str = "") -> ProtocolConfig:
                 method(name)
             data["methods"] = {name: from_dict(MethodSettings, value or {}, prefix=f"methods.{name}.")
                                for name, value in methods.items()}
-        return from_dict(ProtocolConfig, data)
+        cfg = from_dict(ProtocolConfig, data)
+        _check_sub_runs(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{prefix}{e}") from None
+
+
+def _check_sub_runs(cfg: ProtocolConfig) -> None:
+    """Every sub-run's config parses (names, types, ranges), so a bad setting stops the protocol before it starts;
+    the error names the method whose run it breaks."""
+    from metapl.train.spec import run_config_from_dict
+
+    for name in cfg.methods:
+        if method(name).algo:
+            try:
+                run_config_from_dict(cfg.run_mapping(name, cfg.seeds[0]))
+            except ConfigError as e:
+                raise ConfigError(f"the {name} runs: {e}") from None
 
 
 def load_protocol(path: str | Path | None, overrides: list[str] = ()) -> ProtocolConfig:

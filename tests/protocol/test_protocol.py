@@ -54,6 +54,9 @@ def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
     ({"methods": {"bt": {"stepz": 3}}}, r"unknown key\(s\) methods.bt.stepz"),
     ({"seeds": [0, 0]}, r"seeds: \[0, 0\] repeats a seed"),
     ({"test": {"prompts": "many"}}, "test.prompts: expected an integer"),
+    ({"run": {"optim": {"learning_rate": float("nan")}}}, "run.optim.learning_rate: expected a finite number"),
+    ({"run": {"optim": {"learning_rate": -1}}}, "the rloo runs: optim.learning_rate: must be >= 0, got -1"),
+    ({"methods": {"bt": {"run": {"loss": {"centering": -1}}}}}, r"the bt runs: loss.centering: must be >= 0"),
 ])
 def test_bad_settings_are_named(changes, message):
     with pytest.raises(ConfigError, match=message):
