@@ -50,8 +50,7 @@ def _check_number(value: Any, bounds: dict, key: str) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"{key}: expected a finite number, got {value}")
     for name, bound in bounds.items():
-        symbol, holds = _BOUNDS[name]
-        if not holds(value, bound):
+        if not _BOUNDS[name][1](value, bound):
             rule = " and ".join(f"{_BOUNDS[n][0]} {b}" for n, b in bounds.items())
             raise ConfigError(f"{key}: must be {rule}, got {value}")
 
