@@ -40,4 +40,4 @@ def test_a_mesh_larger_than_the_devices_or_an_undivisible_batch_is_a_clear_error
                  "data.batch_size=4"]) == 2
     assert "does not split over mesh data x fsdp = 8" in capsys.readouterr().err
     assert main(["train", "dpo", "--run-dir", str(tmp_path / "c"), *TINY, "steps=1", "mesh.tensor=0"]) == 2
-    assert "mesh.tensor must be >= 1" in capsys.readouterr().err
+    assert "mesh.tensor: must be >= 1, got 0" in capsys.readouterr().err
