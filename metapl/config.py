@@ -36,6 +36,12 @@ def number(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: f
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
+def _check_field(f: dataclasses.Field, value: Any, key: str) -> None:
+    """A field's value (not a nested section, not None) finite and within the field's declared range."""
+    if value is not None and not dataclasses.is_dataclass(value):
+        _check_number(value, f.metadata.get("bounds", {}), key)
+
+
 def _check_number(value: Any, bounds: dict, key: str) -> None:
     if isinstance(value, dict):  # e.g. a per-domain budget
         for k, v in value.items():
@@ -63,8 +69,7 @@ def check_settings(cfg: Any, prefix: str = "") -> None:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_settings(value, f"{prefix}{f.name}.")
-        elif value is not None:
-            _check_number(value, f.metadata.get("bounds", {}), prefix + f.name)
+        _check_field(f, value, prefix + f.name)
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -141,8 +146,8 @@ def from_dict(cls, data: dict, *, prefix: str = ""):
                           f"{cls.__name__} has {', '.join(sorted(names))}")
     kwargs = {k: _check(v, hints[k], prefix + k) for k, v in data.items()}
     for f in dataclasses.fields(cls):  # ranges before the class's own cross-field checks see the values
-        if f.name in kwargs and kwargs[f.name] is not None and not dataclasses.is_dataclass(kwargs[f.name]):
-            _check_number(kwargs[f.name], f.metadata.get("bounds", {}), prefix + f.name)
+        if f.name in kwargs:
+            _check_field(f, kwargs[f.name], prefix + f.name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
