@@ -7,6 +7,8 @@ Public surface:
   heads       init_head_params, reward (scalar at the last real token), values (per token)
   LoRA        init_lora, merge_lora
   log-probs   logprob_of, token_logprobs, sequence_logprobs, hidden_logprobs
+  shared      packed_row, response_logprobs, response_token_logprobs, continuation_rewards, continuation_values
+              (a prompt computed once for its K continuations)
   sampling    SamplingConfig, generate, generate_text, encode_prompts
   checkpoints load_pretrained, save_hf_directory, load_hf_directory, load_gguf
   runs        ModelSpec, build_model (a run's model); Policy, RewardModel (what trains, what stays frozen)
@@ -29,6 +31,9 @@ from metapl.models.pretrained import ModelNotFoundError, Pretrained, load_pretra
 from metapl.models.sampling import (
     GenerationOutput, SamplingConfig, encode_prompts, generate, generate_text, generate_traced,
 )
+from metapl.models.shared_prefix import (
+    continuation_rewards, continuation_values, packed_row, response_logprobs, response_token_logprobs,
+)
 from metapl.models.spec import ModelSpec, build_model
 from metapl.models.transformer import (
     apply,
@@ -42,9 +47,10 @@ from metapl.models.transformer import (
 
 __all__ = ["CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
            "ModelSpec", "Policy", "Pretrained", "RewardModel", "RopeScaling", "SamplingConfig",
-           "UnsupportedConfigError", "apply", "build_model", "cached_forward", "decoding_weights", "default_positions",
+           "UnsupportedConfigError", "apply", "build_model", "cached_forward", "continuation_rewards",
+           "continuation_values", "decoding_weights", "default_positions",
            "encode_prompts", "generate", "generate_text", "generate_traced", "gpt2", "hidden_logprobs", "hidden_states",
            "init_cache", "init_head_params", "init_lora", "init_params", "last_token_index", "llama", "load_gguf",
            "load_hf_directory", "load_pretrained", "logits_from_hidden", "logprob_of", "merge_lora",
-           "next_token_logits", "qwen2", "resolve_model", "reward", "save_hf_directory", "sequence_logprobs", "tiny",
+           "next_token_logits", "packed_row", "qwen2", "resolve_model", "response_logprobs", "response_token_logprobs", "reward", "save_hf_directory", "sequence_logprobs", "tiny",
            "token_logprobs", "unembedding", "unstack_layers", "values"]

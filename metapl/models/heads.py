@@ -27,7 +27,8 @@ def init_head_params(config: ModelConfig, key: jax.Array, backbone: Params | Non
     }
 
 
-def _scalar_head(params: Params, hidden: jax.Array) -> jax.Array:
+def scalar_head(params: Params, hidden: jax.Array) -> jax.Array:
+    """The head's scalar [...] (float32) of hidden states [..., D]."""
     h = params["head"]
     acc = at_least_f32(hidden.dtype)
     return (jnp.dot(hidden.astype(acc), h["kernel"].astype(acc)) + h["bias"].astype(acc))[..., 0]
@@ -52,7 +53,7 @@ def reward(
     hidden = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
     last = last_token_index(attention_mask)
     h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-    return _scalar_head(params, h_last)
+    return scalar_head(params, h_last)
 
 
 def values(
@@ -65,4 +66,4 @@ def values(
 ) -> jax.Array:
     """Per-token values [B, T] (float32): entry t estimates the return after seeing tokens[: t + 1]."""
     hidden = hidden_states(params["backbone"], config, tokens, attention_mask=attention_mask, lora=lora)
-    return _scalar_head(params, hidden)
+    return scalar_head(params, hidden)

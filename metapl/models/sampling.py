@@ -117,15 +117,22 @@ class _Loop(NamedTuple):
     key: jax.Array
 
 
-_STATIC = ("config", "max_len", "greedy", "top_k", "use_top_p", "stop_token_ids", "pad_id")
+_STATIC = ("config", "max_len", "greedy", "top_k", "use_top_p", "stop_token_ids", "pad_id", "num_samples")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate(weights, prompt_tokens, prompt_mask, key, max_new_tokens, temperature, top_p, *,
-              config, max_len, greedy, top_k, use_top_p, stop_token_ids, pad_id):
+              config, max_len, greedy, top_k, use_top_p, stop_token_ids, pad_id, num_samples):
     b, p = prompt_tokens.shape
     prompt_tokens, prompt_mask = left_align(prompt_tokens, prompt_mask.astype(bool))
     hidden, cache = cached_forward(weights, config, prompt_tokens, init_cache(config, b, p + max_len), prompt_mask)
+    logits = next_token_logits(weights, config, hidden[:, :, -1])  # [V, B]
+    if num_samples > 1:  # each prompt prefilled once; its cache and next-token logits copied to its sample rows
+        rows = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
+        cache = cache._replace(k=[rows(x) for x in cache.k], v=[rows(x) for x in cache.v], valid=rows(cache.valid),
+                               next_position=rows(cache.next_position))
+        logits, prompt_tokens, prompt_mask = rows(logits, 1), rows(prompt_tokens), rows(prompt_mask)
+        b = b * num_samples
     stop_ids = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
     logp_temperature = jnp.where(greedy, 1.0, temperature)
 
@@ -162,7 +169,7 @@ def _generate(weights, prompt_tokens, prompt_mask, key, max_new_tokens, temperat
     state = _Loop(
         step=jnp.zeros((), jnp.int32),
         cache=cache,
-        logits=next_token_logits(weights, config, hidden[:, :, -1]),
+        logits=logits,
         tokens=varying(jnp.full((b, max_len), pad_id, jnp.int32)),
         logprobs=varying(jnp.zeros((b, max_len), jnp.float32)),
         mask=varying(jnp.zeros((b, max_len), bool)),
@@ -187,8 +194,9 @@ def generate(
     pad_id: int = 0,
     lora: Params | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    num_samples: int = 1,
 ) -> GenerationOutput:
-    """Sample `sampling.max_new_tokens` tokens after each prompt.
+    """Sample `sampling.max_new_tokens` tokens after each prompt; `num_samples` of them per prompt.
 
     prompt_tokens, prompt_mask [B, P]: prompts padded on either side (each with >= 1 real token); P should
     already be bucketed (see `bucket`) to limit recompilation. Output arrays are trimmed to max_new_tokens.
@@ -198,6 +206,10 @@ def generate(
     prompt, whose outputs are dropped. Across processes every process passes the same prompts and receives
     every row. The random stream is the same on any mesh when B divides (JAX's partitionable threefry), so a
     sharded draw equals the one-device draw up to float reassociation.
+
+    num_samples = k > 1: each prompt's cache is prefilled once and copied to its k rows, so the output has B·k
+    rows, prompt-major (row b·k + j is sample j of prompt b), the draw of `generate` on the prompts repeated k
+    times (`jnp.repeat(prompt_tokens, k, axis=0)`) without computing each prompt k times.
     """
     prompt_mask = np.asarray(prompt_mask)  # host-side checks on the host copy
     chex.assert_rank(prompt_mask, 2)
@@ -210,14 +222,16 @@ def generate(
             f"prompt ({lengths.max()} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds the model's "
             f"{config.max_position_embeddings} learned positions"
         )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if mesh is not None:
         return _generate_on_mesh(mesh, params, config, np.asarray(prompt_tokens, np.int32), prompt_mask, key,
-                                 sampling, pad_id=pad_id, lora=lora)
+                                 sampling, pad_id=pad_id, lora=lora, num_samples=num_samples)
     return generate_traced(params, config, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask), key,
-                           sampling, pad_id=pad_id, lora=lora, _weights=_decoding_weights)
+                           sampling, pad_id=pad_id, lora=lora, num_samples=num_samples, _weights=_decoding_weights)
 
 
-def _generate_on_mesh(mesh, params, config, tokens, mask, key, sampling, *, pad_id, lora):
+def _generate_on_mesh(mesh, params, config, tokens, mask, key, sampling, *, pad_id, lora, num_samples):
     from metapl.parallel import batch_sharding, batch_ways, param_shardings, place, to_host
 
     b = tokens.shape[0]
@@ -228,15 +242,15 @@ def _generate_on_mesh(mesh, params, config, tokens, mask, key, sampling, *, pad_
     params, lora = place((params, lora), (param_shardings(params, mesh), param_shardings(lora, mesh)))
     tokens, mask = place((tokens, mask), (batch_sharding(mesh, 2),) * 2)
     out = generate_traced(params, config, tokens, mask, key, sampling, pad_id=pad_id, lora=lora,
-                          _weights=_decoding_weights)
+                          num_samples=num_samples, _weights=_decoding_weights)
     if jax.process_count() > 1:  # every process gets every row, as from a one-process draw
         out = to_host(out)
-    return jax.tree.map(lambda x: x[:b], out) if extra else out
+    return jax.tree.map(lambda x: x[:b * num_samples], out) if extra else out
 
 
 def generate_traced(params: Params, config: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                     key: jax.Array, sampling: SamplingConfig, *, pad_id: int = 0, lora: Params | None = None,
-                    _weights=decoding_weights) -> GenerationOutput:
+                    num_samples: int = 1, _weights=decoding_weights) -> GenerationOutput:
     """`generate` without its host-side checks, so it can run inside jit, vmap, scan or a loss (e.g. on-policy
     samples drawn inside an inner optimisation loop). Every prompt row must hold at least one real token."""
     max_len = bucket(sampling.max_new_tokens)
@@ -247,7 +261,7 @@ def generate_traced(params: Params, config: ModelConfig, prompt_tokens: jax.Arra
         config=config, max_len=max_len, greedy=sampling.temperature == 0,
         top_k=min(sampling.top_k, config.vocab_size),
         use_top_p=sampling.top_p < 1.0, stop_token_ids=tuple(int(t) for t in sampling.stop_token_ids),
-        pad_id=int(pad_id),
+        pad_id=int(pad_id), num_samples=int(num_samples),
     )
     n = sampling.max_new_tokens
     return out._replace(tokens=out.tokens[:, :n], mask=out.mask[:, :n], logprobs=out.logprobs[:, :n])

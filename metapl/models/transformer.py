@@ -100,12 +100,14 @@ def hidden_states(
     attention_mask: jax.Array | None = None,
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
+    shared_prefix: bool = False,
     lora: Params | None = None,
 ) -> jax.Array:
     """Final-norm hidden states [B, T, D] of tokens [B, T].
 
     attention_mask [B, T]: 1 for real tokens, 0 for padding (left or right). positions default to
-    `default_positions`. segment_ids [B, T] confine attention to tokens of the same packed segment.
+    `default_positions`. segment_ids [B, T] confine attention to tokens of the same packed segment; with
+    `shared_prefix`, segment 0 is a prompt that every segment of its row also attends to (`shared_prefix.py`).
     """
     chex.assert_rank(tokens, 2)
     b, t = tokens.shape
@@ -117,7 +119,12 @@ def hidden_states(
         positions = default_positions(attention_mask, segment_ids)
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]
     if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        if shared_prefix:
+            same = same | (segment_ids[:, None, :] == 0)
+        mask = mask & same
+    elif shared_prefix:
+        raise ValueError("shared_prefix needs segment_ids (0 marks the shared prompt)")
 
     x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.compute_dtype)
     if config.positions == "learned":

@@ -129,3 +129,23 @@ def test_text_round_trip_with_a_tokenizer(tmp_path):
     params = init_params(config, jax.random.key(0))
     texts = generate_text(params, config, tok, ["the cat"], jax.random.key(0), SamplingConfig(max_new_tokens=4))
     assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefill_equals_repeated_prompts(model, rng, temperature):
+    """num_samples = k prefills each prompt once and copies its cache: the same draw as the prompts repeated."""
+    config, params = model
+    prompt = rng.integers(1, config.vocab_size, size=(2, 6))
+    mask = np.ones_like(prompt, bool)
+    mask[1, :2] = False
+    sampling = SamplingConfig(max_new_tokens=9, temperature=temperature, stop_token_ids=(7,))
+    shared = generate(params, config, prompt, mask, jax.random.key(3), sampling, num_samples=3)
+    repeated = generate(params, config, np.repeat(prompt, 3, axis=0), np.repeat(mask, 3, axis=0), jax.random.key(3),
+                        sampling)
+    for name in ("tokens", "mask", "prompt_tokens", "prompt_mask"):
+        np.testing.assert_array_equal(getattr(shared, name), getattr(repeated, name), err_msg=name)
+    np.testing.assert_allclose(shared.logprobs, repeated.logprobs, rtol=1e-5, atol=1e-5)
+    if temperature:  # the three samples of a prompt differ (the check above is not of identical rows)
+        assert len({tuple(r) for r in np.asarray(shared.tokens)[:3]}) > 1
+    with pytest.raises(ValueError, match="num_samples"):
+        generate(params, config, prompt, mask, jax.random.key(3), sampling, num_samples=0)
