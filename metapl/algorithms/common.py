@@ -41,7 +41,7 @@ def policy_gold_reward(policy: Policy, bench: Benchmark, cfg: RunConfig,
 def pair_evaluator(objective: Callable, bench: Benchmark, cfg: RunConfig) -> Callable[[Any, Any], dict]:
     """(trainable, frozen) -> the metrics of `objective` (trainable, frozen, batch) over every evaluation pair,
     averaged by pair."""
-    eval_sets = eval_pair_batches(bench.eval_pairs, bench, cfg.data.batch_size)
+    eval_sets = eval_pair_batches(bench.eval_pairs, bench, cfg.data.batch_size, cfg.model.shared_prefix)
     eval_fn = jax.jit(objective)
 
     def evaluate(trainable, frozen) -> dict:

@@ -31,6 +31,7 @@ from metapl.losses.policy_gradient import (
 from metapl.models import SamplingConfig, generate, init_head_params
 from metapl.models.logprobs import token_logprobs
 from metapl.models.policy import Policy
+from metapl.models.shared_prefix import response_token_logprobs, shared_inputs
 from metapl.parallel import run_mesh
 from metapl.train.spec import Algorithm, RunConfig, Setup, register
 
@@ -41,18 +42,25 @@ class Rollouts:
     """On-policy batches: each step samples k responses for each of `batch_size` prompts from the current policy
     (the loop hands it the latest trainable params), scores them (`score`: prompts, tokens, mask -> [B]; default
     the gold judge) and adds the reference log-probs. Its position (prompt order) is checkpointed; step t samples
-    with key fold_in(rollout key, t)."""
+    with key fold_in(rollout key, t).
+
+    Rows are prompt-major (sample j of prompt i is row i·k + j). With `shared_prefix` (k ≥ 2), each prompt is
+    prefilled once for its k samples and the batch is in the shared-prefix layout: prompt_tokens, prompt_mask
+    [N, P], response_tokens, response_mask [N, k, R], rewards [N·k], ref_logps [N·k, R] (response tokens only);
+    else tokens, attention_mask, response_mask, ref_logps [N·k, P + R], rewards [N·k]."""
 
     def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, policy: Policy, frozen, weights: Weights, k: int,
-                 score: Callable | None = None):
+                 score: Callable | None = None, shared_prefix: bool = False):
         self.prompts, self.bench, self.cfg, self.policy, self.frozen, self.weights, self.k = \
             prompts, bench, cfg, policy, frozen, weights, k
+        self.shared_prefix = shared_prefix and k > 1
         self.score = score or bench.gold_scores
         self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
         self.params = None
         self.mesh = run_mesh(cfg.mesh)  # sample sharded when the run is
         base = policy.base_config
         self._ref = jax.jit(lambda p, b: token_logprobs(p, base, b["tokens"], attention_mask=b["attention_mask"]))
+        self._shared_ref = jax.jit(lambda p, b: response_token_logprobs(p, base, *shared_inputs(b)))
 
     def set_params(self, trainable) -> None:
         self.params = trainable
@@ -62,20 +70,29 @@ class Rollouts:
 
     def __next__(self) -> dict:
         step = self.order.step
-        chosen = [self.prompts[i] for i in next(self.order) for _ in range(self.k)]
+        drawn = [self.prompts[i] for i in next(self.order)]
+        chosen = [p for p in drawn for _ in range(self.k)]
+        copies = self.k if self.shared_prefix else 1  # samples per prompt row fed to the sampler
         data = self.cfg.data
         shape = SequenceShape(data.max_prompt_tokens, data.max_response_tokens)
-        tokens, mask = prompt_arrays(chosen, self.bench.encode, shape, self.bench.pad_id, TruncationStats(),
-                                     length=data.max_prompt_tokens)
+        tokens, mask = prompt_arrays(drawn if self.shared_prefix else chosen, self.bench.encode, shape,
+                                     self.bench.pad_id, TruncationStats(), length=data.max_prompt_tokens)
         p, lora = self.weights(self.params, self.frozen)
         out = generate(p, self.policy.config, tokens, mask,
                        jax.random.fold_in(stream_key(self.cfg.seed, "rollouts"), step),
                        SamplingConfig(max_new_tokens=data.max_response_tokens, temperature=1.0,
                                       stop_token_ids=(self.bench.eos_id,)), pad_id=self.bench.pad_id, lora=lora,
-                       mesh=self.mesh)
-        rewards = self.score(chosen, out.tokens, out.mask)
-        batch = dict(out.sequences(), rewards=jnp.asarray(rewards, jnp.float32))
-        batch["ref_logps"] = self._ref(self.frozen, batch)
+                       mesh=self.mesh, num_samples=copies)
+        rewards = jnp.asarray(self.score(chosen, out.tokens, out.mask), jnp.float32)
+        if not self.shared_prefix:
+            batch = dict(out.sequences(), rewards=rewards)
+            batch["ref_logps"] = self._ref(self.frozen, batch)
+            return batch
+        n, k = len(drawn), self.k
+        batch = {"prompt_tokens": out.prompt_tokens[::k], "prompt_mask": out.prompt_mask[::k],
+                 "response_tokens": out.tokens.reshape(n, k, -1), "response_mask": out.mask.reshape(n, k, -1),
+                 "rewards": rewards}
+        batch["ref_logps"] = self._shared_ref(self.frozen, batch).reshape(n * k, -1)
         return batch
 
     def state_dict(self) -> dict:
@@ -122,7 +139,8 @@ def setup_rloo(cfg: RLOORun) -> Setup:
     gold = policy_gold_reward(policy, bench, cfg)
     frozen = placed_on_run_mesh(frozen, cfg)
     scorer = sample_scorer(cfg.reward, bench, cfg.data)
-    rollouts = Rollouts(prompts, bench, cfg, policy, frozen, policy.weights, cfg.loss.k, token_scores(scorer, bench))
+    rollouts = Rollouts(prompts, bench, cfg, policy, frozen, policy.weights, cfg.loss.k, token_scores(scorer, bench),
+                        shared_prefix=cfg.model.shared_prefix)
     return Setup(trainable, frozen, objective, rollouts, lambda t, f: {"gold_reward": gold(t, f)},
                  f"rloo: {len(prompts)} prompts, {cfg.loss.k} samples each per step, "
                  f"{cfg.data.batch_size} prompts per step, rewarded by {scorer.name}")

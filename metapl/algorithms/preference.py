@@ -68,7 +68,8 @@ def setup_rm(cfg: RMRun) -> Setup:
                                           stream_key(cfg.seed, "adapters"))
     objective = reward_model_objective(reward_model, cfg.loss)
     evaluate_pairs = pair_evaluator(objective, bench, cfg)
-    loader = pair_loader(bench.train_pairs, bench, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed)
+    loader = pair_loader(bench.train_pairs, bench, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed,
+                         cfg.model.shared_prefix)
     return Setup(trainable, frozen, objective, PairBatches(loader), lambda t, f: _rm_metrics(evaluate_pairs(t, f)),
                  f"{len(bench.train_pairs)} train pairs, {len(bench.eval_pairs)} eval pairs, "
                  f"{'LoRA + head' if config.lora else 'all weights'}")
@@ -131,7 +132,8 @@ def setup_dpo(cfg: DPORun) -> Setup:
         m = evaluate_pairs(t, f)
         return {"pair_accuracy": m["accuracy"], "loss": m["loss"], "gold_reward": gold(t, f)}
 
-    loader = pair_loader(bench.train_pairs, bench, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed)
+    loader = pair_loader(bench.train_pairs, bench, cfg.data.batch_size * cfg.accumulation_steps, cfg.seed,
+                         cfg.model.shared_prefix)
     extras = reference_cache(params, policy.base_config, loader) if cfg.precompute_reference else None
     return Setup(trainable, frozen, objective, PairBatches(loader, extras), evaluate,
                  f"{kind}: {len(bench.train_pairs)} train pairs, {len(bench.eval_pairs)} eval pairs, "

@@ -139,6 +139,35 @@ class PairBatch(NamedTuple):
         return out
 
 
+    def shared_prefix_arrays(self, prompt_length: int, response_length: int, pad_id: int) -> dict[str, np.ndarray]:
+        """The pairs in the shared-prefix layout (`metapl.models.shared_prefix`): prompt_tokens, prompt_mask
+        [B, prompt_length] (left-padded), response_tokens, response_mask [B, 2, response_length] (chosen first,
+        right-padded), domain, gold_margin. Each pair's prompt is stored once."""
+        b = len(self.domain)
+        prompt = np.full((b, prompt_length), pad_id, np.int32)
+        prompt_mask = np.zeros((b, prompt_length), bool)
+        responses = np.full((b, 2, response_length), pad_id, np.int32)
+        response_mask = np.zeros((b, 2, response_length), bool)
+        for i in range(b):
+            prompts = []
+            for k, seqs in enumerate((self.chosen, self.rejected)):
+                real, resp = seqs.attention_mask[i], seqs.response_mask[i]
+                prompts.append(seqs.tokens[i][real & ~resp])
+                y = seqs.tokens[i][resp]
+                if len(y) > response_length:
+                    raise DataError(f"pair {i}: a response of {len(y)} tokens exceeds the {response_length} slots")
+                responses[i, k, : len(y)], response_mask[i, k, : len(y)] = y, True
+            if not np.array_equal(*prompts):
+                raise DataError(f"pair {i}: chosen and rejected do not share their prompt")
+            if len(prompts[0]) > prompt_length:
+                raise DataError(f"pair {i}: a prompt of {len(prompts[0])} tokens exceeds the {prompt_length} slots")
+            prompt[i, prompt_length - len(prompts[0]):] = prompts[0]
+            prompt_mask[i, prompt_length - len(prompts[0]):] = True
+        return {"prompt_tokens": prompt, "prompt_mask": prompt_mask,
+                "response_tokens": responses, "response_mask": response_mask, "domain": self.domain,
+                "gold_margin": self.gold_margin}
+
+
 def encode_pairs(pairs: Sequence[PreferencePair], encode: Encode, shape: SequenceShape, eos_id: int | None,
                  stats: TruncationStats) -> list[tuple[Encoded, Encoded]]:
     """Tokenise each pair's two sequences (the prompt is tokenised once per pair)."""
@@ -281,10 +310,12 @@ class PairLoader:
 
     def __init__(self, pairs: Sequence[PreferencePair], encode: Encode, *, batch_size: int,
                  shape: SequenceShape = SequenceShape(), pad_id: int = 0, eos_id: int | None = None,
-                 seed: int = 0, domains: Sequence[str] | None = None, fixed_length: int | None = None):
+                 seed: int = 0, domains: Sequence[str] | None = None, fixed_length: int | None = None,
+                 shared_prefix: bool = False):
         if not pairs:
             raise DataError("no preference pairs to load")
         self.pairs, self.shape, self.pad_id, self.fixed_length = list(pairs), shape, pad_id, fixed_length
+        self.shared_prefix = shared_prefix
         self.domains = list(domains) if domains is not None else sorted({p.domain for p in pairs})
         self.domain_index = {d: i for i, d in enumerate(self.domains)}
         unknown = sorted({p.domain for p in pairs} - set(self.domains))
@@ -305,6 +336,16 @@ class PairLoader:
         idx = list(indices)
         return collate_pairs([self.encoded[i] for i in idx], [self.pairs[i] for i in idx], self.domain_index,
                              self.shape, self.pad_id, self.fixed_length)
+
+    def arrays_at(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """The batch at these indices as the pair losses' flat dict: separate rows (`PairBatch.arrays`), or with
+        `shared_prefix` each prompt once before its two responses (`PairBatch.shared_prefix_arrays`; prompt slots
+        max_prompt_tokens, response slots max_response_tokens + EOS)."""
+        batch = self.batch_at(indices)
+        if not self.shared_prefix:
+            return batch.arrays()
+        return batch.shared_prefix_arrays(self.shape.max_prompt_tokens,
+                                          self.shape.max_response_tokens + int(self.shape.append_eos), self.pad_id)
 
     def state_dict(self) -> dict:
         return self.order.state_dict()

@@ -39,7 +39,9 @@ from metapl.losses.preference import (
     dpo_objective,
     implicit_margin,
     ipo_loss,
+    is_shared_prefix,
     pair_logprobs,
+    pair_rewards,
     reference_logprobs,
     rm_objective,
     tree_rm_objective,
@@ -53,8 +55,8 @@ __all__ = [
     "adaptive_kl_update", "gae", "kl_penalty", "leave_one_out_advantages", "policy_and_values", "ppo_objective",
     "ppo_policy_loss", "ppo_value_loss", "rloo_loss", "rloo_objective", "token_rewards",
     # preference
-    "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "pair_logprobs",
-    "reference_logprobs", "rm_objective", "tree_rm_objective",
+    "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "is_shared_prefix",
+    "pair_logprobs", "pair_rewards", "reference_logprobs", "rm_objective", "tree_rm_objective",
     # srpo
     "srpo_logprobs", "srpo_loss", "srpo_objective", "srpo_reference_logprobs",
 ]

@@ -21,10 +21,11 @@ import jax.numpy as jnp
 from metapl.models.config import ModelConfig
 from metapl.models.heads import reward
 from metapl.models.logprobs import sequence_logprobs
+from metapl.models.shared_prefix import continuation_rewards, response_logprobs, shared_inputs
 
 __all__ = [
-    "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "pair_logprobs",
-    "reference_logprobs", "rm_objective", "tree_rm_objective",
+    "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "is_shared_prefix",
+    "pair_logprobs", "pair_rewards", "reference_logprobs", "rm_objective", "tree_rm_objective",
 ]
 
 Params = Any
@@ -122,16 +123,37 @@ def _both(batch: Batch, key: str) -> jax.Array:
     return jnp.concatenate([batch[f"chosen_{key}"], batch[f"rejected_{key}"]], axis=0)
 
 
+def is_shared_prefix(batch: Batch) -> bool:
+    """Whether a pair batch is in the shared-prefix layout (each prompt once, its two responses after it)."""
+    return "response_tokens" in batch
+
+
 def pair_logprobs(params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
                   ) -> tuple[jax.Array, jax.Array]:
     """Sequence log-probs [B] of the chosen and rejected responses (one forward pass over both).
 
-    batch: chosen_tokens, chosen_attention_mask, chosen_response_mask and the same for rejected, all [B, T].
+    batch, one of two layouts: separate rows, chosen_tokens, chosen_attention_mask, chosen_response_mask and the
+    same for rejected, all [B, T]; or shared prefix, prompt_tokens, prompt_mask [B, P] and response_tokens,
+    response_mask [B, 2, R] (chosen first; `metapl.models.shared_prefix`), which computes each prompt once.
     """
+    if is_shared_prefix(batch):
+        seq = response_logprobs(params, config, *shared_inputs(batch), lora=lora)
+        return seq[:, 0], seq[:, 1]
     _, seq = sequence_logprobs(params, config, _both(batch, "tokens"), _both(batch, "response_mask"),
                                attention_mask=_both(batch, "attention_mask"), lora=lora)
     b = batch["chosen_tokens"].shape[0]
     return seq[:b], seq[b:]
+
+
+def pair_rewards(params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Rewards [B] of the chosen and rejected sequences of a scalar-head model, in either pair layout."""
+    if is_shared_prefix(batch):
+        r = continuation_rewards(params, config, *shared_inputs(batch), lora=lora)
+        return r[:, 0], r[:, 1]
+    r = reward(params, config, _both(batch, "tokens"), _both(batch, "attention_mask"), lora=lora)
+    b = batch["chosen_tokens"].shape[0]
+    return r[:b], r[b:]
 
 
 def reference_logprobs(ref_params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
@@ -191,10 +213,9 @@ def rm_objective(
 
     use_margin: subtract the batch's "margin" [B] (e.g. a label-strength margin); off by default.
     """
-    r = reward(params, config, _both(batch, "tokens"), _both(batch, "attention_mask"), lora=lora)
-    b = batch["chosen_tokens"].shape[0]
+    chosen, rejected = pair_rewards(params, config, batch, lora=lora)
     margin = batch["margin"] if use_margin else 0.0
-    return bradley_terry_loss(r[:b], r[b:], margin=margin, centering=centering, weights=batch.get("weights"))
+    return bradley_terry_loss(chosen, rejected, margin=margin, centering=centering, weights=batch.get("weights"))
 
 
 def tree_rm_objective(

@@ -48,9 +48,10 @@ from metapl.models.transformer import (
 __all__ = ["CheckpointError", "GenerationOutput", "KVCache", "LoraConfig", "ModelConfig", "ModelNotFoundError",
            "ModelSpec", "Policy", "Pretrained", "RewardModel", "RopeScaling", "SamplingConfig",
            "UnsupportedConfigError", "apply", "build_model", "cached_forward", "continuation_rewards",
-           "continuation_values", "decoding_weights", "default_positions",
-           "encode_prompts", "generate", "generate_text", "generate_traced", "gpt2", "hidden_logprobs", "hidden_states",
-           "init_cache", "init_head_params", "init_lora", "init_params", "last_token_index", "llama", "load_gguf",
+           "continuation_values", "decoding_weights", "default_positions", "encode_prompts", "generate",
+           "generate_text", "generate_traced", "gpt2", "hidden_logprobs", "hidden_states", "init_cache",
+           "init_head_params", "init_lora", "init_params", "last_token_index", "llama", "load_gguf",
            "load_hf_directory", "load_pretrained", "logits_from_hidden", "logprob_of", "merge_lora",
-           "next_token_logits", "packed_row", "qwen2", "resolve_model", "response_logprobs", "response_token_logprobs", "reward", "save_hf_directory", "sequence_logprobs", "tiny",
-           "token_logprobs", "unembedding", "unstack_layers", "values"]
+           "next_token_logits", "packed_row", "qwen2", "resolve_model", "response_logprobs",
+           "response_token_logprobs", "reward", "save_hf_directory", "sequence_logprobs", "tiny", "token_logprobs",
+           "unembedding", "unstack_layers", "values"]

@@ -30,9 +30,14 @@ from metapl.models.logprobs import hidden_logprobs
 from metapl.models.transformer import Params, hidden_states, unembedding
 
 __all__ = [
-    "packed_row", "shared_hidden", "predicting_states", "response_token_logprobs", "response_logprobs",
+    "shared_inputs", "packed_row", "shared_hidden", "predicting_states", "response_token_logprobs", "response_logprobs",
     "continuation_rewards", "continuation_values",
 ]
+
+
+def shared_inputs(batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(prompt_tokens, prompt_mask, response_tokens, response_mask) of a batch dict in this layout."""
+    return batch["prompt_tokens"], batch["prompt_mask"], batch["response_tokens"], batch["response_mask"]
 
 
 def packed_row(prompt_tokens: jax.Array, prompt_mask: jax.Array, response_tokens: jax.Array,

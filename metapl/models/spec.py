@@ -32,6 +32,9 @@ class ModelSpec:
     lora_targets: tuple[str, ...] = ("q", "v")
     dtype: str = "float32"
     remat: str = "dots"  # what the backward keeps per layer: "dots", "full" or "none" (see ModelConfig.remat)
+    # Score the continuations of one prompt in one packed row, the prompt computed once (models.shared_prefix);
+    # false: one row per prompt + continuation, the prompt computed for each.
+    shared_prefix: bool = True
 
     @property
     def lora(self) -> LoraConfig | None:

@@ -31,15 +31,17 @@ def pair_shape(bench: Benchmark) -> SequenceShape:
                          buckets=(spec.max_prompt_tokens + spec.max_response_tokens + 1,))
 
 
-def pair_loader(pairs: Sequence[PreferencePair], bench: Benchmark, batch_size: int, seed: int) -> PairLoader:
-    """Seeded shuffled batches of `pairs`, encoded by the benchmark's tokenizer."""
+def pair_loader(pairs: Sequence[PreferencePair], bench: Benchmark, batch_size: int, seed: int,
+                shared_prefix: bool = False) -> PairLoader:
+    """Seeded shuffled batches of `pairs`, encoded by the benchmark's tokenizer; `shared_prefix`: in the
+    shared-prefix layout (each prompt once, its two responses after it)."""
     return PairLoader(list(pairs), bench.encode, batch_size=batch_size, shape=pair_shape(bench), pad_id=bench.pad_id,
-                      eos_id=bench.eos_id, seed=seed)
+                      eos_id=bench.eos_id, seed=seed, shared_prefix=shared_prefix)
 
 
 def pair_inputs(loader: PairLoader, index) -> dict:
     """The pairs at `index` (a list of positions) as the pair losses' flat dict of jnp arrays."""
-    return {k: jnp.asarray(v) for k, v in loader.batch_at(index).arrays().items() if k not in _NOT_INPUTS}
+    return {k: jnp.asarray(v) for k, v in loader.arrays_at(index).items() if k not in _NOT_INPUTS}
 
 
 class PairBatches:
@@ -86,11 +88,12 @@ class ArrayBatches:
         self.order.load_state_dict(state)
 
 
-def eval_pair_batches(pairs: Sequence[PreferencePair], bench: Benchmark, batch_size: int) -> list[dict]:
+def eval_pair_batches(pairs: Sequence[PreferencePair], bench: Benchmark, batch_size: int,
+                      shared_prefix: bool = False) -> list[dict]:
     """Every pair once, in fixed-size batches; the last one is padded with repeats of weight 0 ("weights" [B])."""
     n = len(pairs)
     padded = list(pairs) + list(pairs[: (-n) % batch_size])
-    loader = pair_loader(padded, bench, batch_size, seed=0)
+    loader = pair_loader(padded, bench, batch_size, seed=0, shared_prefix=shared_prefix)
     out = []
     for start in range(0, len(padded), batch_size):
         arrays = pair_inputs(loader, range(start, start + batch_size))

@@ -146,7 +146,8 @@ def upgrade_saved(data: dict) -> dict:
     """A stored config mapping in today's layout. Configs written before algorithms had typed sections held every
     section (`loss`, `offline`, `ppo`, `meta`: {} when unused; `precompute_reference`: false) and the tree-rm
     options under `data.tree`; the unused empty ones are dropped, `data.tree` becomes `tree`. A non-empty
-    section the algorithm does not take stays, and is then refused with its name."""
+    section the algorithm does not take stays, and is then refused with its name. A `model` section without
+    `shared_prefix` predates that option and gets false, the layout the run was trained with."""
     data = dict(data)
     try:
         fields = {f.name for f in dataclasses.fields(algorithm(data.get("algo", RunConfig.algo)).config)}
@@ -155,6 +156,9 @@ def upgrade_saved(data: dict) -> dict:
     for key in _LEGACY_SECTIONS:
         if key in data and key not in fields and data[key] in ({}, False, None):
             del data[key]
+    if isinstance(data.get("model"), dict) and "shared_prefix" not in data["model"]:
+        # written before the shared-prefix layout existed: the run scored one row per sequence; keep it so
+        data["model"] = {**data["model"], "shared_prefix": False}
     if isinstance(data.get("data"), dict) and "tree" in data["data"]:
         data["data"] = dict(data["data"])
         tree = data["data"].pop("tree")

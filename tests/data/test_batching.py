@@ -101,3 +101,25 @@ def test_pair_loader_shapes_domains_and_resume():
     np.testing.assert_array_equal(got.domain, want.domain)
     with pytest.raises(DataError, match="not in the domain list: d2"):
         PairLoader(pairs, TOK.encode, batch_size=2, domains=["d0", "d1"])
+
+
+def test_shared_prefix_pair_arrays():
+    """Each pair's prompt once (left-padded), its chosen and rejected responses (with EOS) in two right-padded
+    slots; written by hand from the word tokenizer's ids (w_i -> i + 2, EOS 1)."""
+    pairs = [PreferencePair("w1 w2 w3", "w4", "w5 w6", domain="a"), PreferencePair("w7", "w8 w9", "w0", domain="b")]
+    shape = SequenceShape(max_prompt_tokens=4, max_response_tokens=3)
+    loader = PairLoader(pairs, TOK.encode, batch_size=2, shape=shape, eos_id=TOK.eos_token_id, shared_prefix=True)
+    got = loader.arrays_at([0, 1])
+    np.testing.assert_array_equal(got["prompt_tokens"], [[0, 3, 4, 5], [0, 0, 0, 9]])
+    np.testing.assert_array_equal(got["prompt_mask"], [[0, 1, 1, 1], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(got["response_tokens"], [[[6, 1, 0, 0], [7, 8, 1, 0]],
+                                                           [[10, 11, 1, 0], [2, 1, 0, 0]]])
+    np.testing.assert_array_equal(got["response_mask"], np.asarray(got["response_tokens"]) > 0)
+    np.testing.assert_array_equal(got["domain"], [0, 1])
+    assert "chosen_tokens" in PairLoader(pairs, TOK.encode, batch_size=2, shape=shape).arrays_at([0, 1])
+    batch = loader.batch_at([0, 1])
+    batch.rejected.tokens[0, 0] = 9  # the rejected row's prompt no longer matches the chosen row's
+    with pytest.raises(DataError, match="pair 0: chosen and rejected do not share their prompt"):
+        batch.shared_prefix_arrays(4, 4, 0)
+    with pytest.raises(DataError, match="pair 0: a prompt of 3 tokens exceeds the 2 slots"):
+        loader.batch_at([0, 1]).shared_prefix_arrays(2, 4, 0)

@@ -71,13 +71,15 @@ def test_extreme_values_stay_finite():
 TOK = WordTokenizer(30)
 
 
-def _pair_batch(n=4, seed=0):
+def _pair_batch(n=4, seed=0, shared_prefix=False):
     rng = np.random.default_rng(seed)
     words = lambda k: " ".join(f"w{i}" for i in rng.integers(0, 30, size=k))  # noqa: E731
-    pairs = [PreferencePair(words(3), words(4), words(2) + " w29", "d") for _ in range(n)]
+    pairs = [PreferencePair(words(3 + i % 3), words(4 - i % 2), words(2) + " w29", "d") for i in range(n)]
     loader = PairLoader(pairs, TOK.encode, batch_size=n, eos_id=TOK.eos_token_id, seed=seed,
-                        shape=SequenceShape(max_prompt_tokens=8, max_response_tokens=8, buckets=(16,)))
-    return {k: jnp.asarray(v) for k, v in next(loader).arrays().items()}
+                        shape=SequenceShape(max_prompt_tokens=8, max_response_tokens=8, buckets=(16,)),
+                        shared_prefix=shared_prefix)
+    arrays = loader.arrays_at(next(loader.order))
+    return {k: jnp.asarray(v) for k, v in arrays.items() if k not in ("domain", "gold_margin")}
 
 
 def _model(dtype="float32", **kw):
@@ -99,6 +101,33 @@ def test_dpo_objective_with_precomputed_reference_equals_on_the_fly():
     rc, rr = pair_logprobs(params, config, batch)
     np.testing.assert_allclose(on_the_fly, dpo_loss(pc, pr, rc, rr, beta=0.5)[0], rtol=1e-6)
     assert float(m1["accuracy"]) == float(m2["accuracy"])
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_shared_prefix_layout_gives_the_same_objectives(use_lora):
+    """DPO, IPO and the BT loss, values and gradients, on the same pairs in both layouts (prompts of unequal
+    length; LoRA: the reference is the base model)."""
+    config, params = _model(lora=LoraConfig(rank=2) if use_lora else None)
+    lora = jax.tree.map(lambda x: x + 0.1, init_lora(config, jax.random.key(1))) if use_lora else None
+    ref = None if use_lora else jax.tree.map(lambda x: x * 0.9, params)
+    rm = init_head_params(config, jax.random.key(5))
+    rows, shared = _pair_batch(), _pair_batch(shared_prefix=True)
+    assert "response_tokens" in shared and "chosen_tokens" not in shared
+    cases = {
+        "dpo": (lambda p, b: dpo_objective(params if use_lora else p, b, config=config, beta=0.5, ref_params=ref,
+                                           lora=p if use_lora else None), lora if use_lora else params),
+        "ipo": (lambda p, b: dpo_objective(params if use_lora else p, b, config=config, beta=0.5, kind="ipo",
+                                           ref_params=ref, lora=p if use_lora else None), lora if use_lora else params),
+        "rm": (lambda p, b: rm_objective(p, b, config=config, centering=0.01), rm),
+    }
+    for name, (fn, arg) in cases.items():
+        (v_rows, m_rows), g_rows = jax.value_and_grad(fn, has_aux=True)(arg, rows)
+        (v_shared, m_shared), g_shared = jax.value_and_grad(fn, has_aux=True)(arg, shared)
+        np.testing.assert_allclose(v_shared, v_rows, rtol=1e-5, err_msg=name)
+        for k in m_rows:
+            np.testing.assert_allclose(m_shared[k], m_rows[k], rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+        for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_rows)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_objective_gradients_match_finite_differences():

@@ -134,11 +134,11 @@ def test_gradients_equal_separate_rows(family, use_lora, rng):
     for i, (s, n) in enumerate(zip(starts, [len(y) for row in responses for y in row])):
         resp_mask[i, s: s + n] = 1
 
-    def shared(w, l):
-        return jnp.sum(weights * response_logprobs(w, config, *arrays, lora=l))
+    def shared(w, adapters):
+        return jnp.sum(weights * response_logprobs(w, config, *arrays, lora=adapters))
 
-    def separate(w, l):
-        lp = token_logprobs(w, config, tokens, attention_mask=mask, lora=l)
+    def separate(w, adapters):
+        lp = token_logprobs(w, config, tokens, attention_mask=mask, lora=adapters)
         return jnp.sum(weights.reshape(-1) * jnp.sum(lp * resp_mask, axis=1))
 
     argnum = 1 if use_lora else 0

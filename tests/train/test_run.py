@@ -128,3 +128,30 @@ def test_ppo_raises_the_gold_reward(tmp_path):
     reference = read_metrics(run_dir, "eval")[0]["gold_reward"]
     assert final["gold_reward"] > reference + 0.08, (reference, final)
     assert 0 <= read_metrics(run_dir, "train")[-1]["clip_fraction"] <= 1
+
+
+@pytest.mark.parametrize("algo", ["rm", "dpo", "ipo", "tree-rm", "rloo"])
+def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
+    """model.shared_prefix (each prompt computed once for both responses) on and off: the same run to float
+    tolerance, losses and evaluation metrics alike."""
+    import metapl.runs  # noqa: F401  (registers the algorithms)
+    from metapl.train.spec import algorithm, load_run_config
+
+    common = [f"algo={algo}", "steps=20", "eval_every=20", "model.hidden_size=16", "model.num_layers=1",
+              "data.synthetic.pairs_per_domain=16"]
+    if algo in ("rm", "dpo", "rloo"):  # the switch reaches the batches (not a comparison of a run with itself)
+        for flag in (True, False):
+            setup = algorithm(algo).setup(load_run_config(None, SMALL + common + [f"model.shared_prefix={flag}"]))
+            if algo == "rloo":
+                setup.batches.set_params(setup.trainable)
+            assert ("response_tokens" in next(setup.batches)) == flag
+    shared, final_shared = _run(tmp_path, "shared", common + ["model.shared_prefix=true"])
+    rows, final_rows = _run(tmp_path, "rows", common + ["model.shared_prefix=false"])
+    for a, b in zip(read_metrics(shared, "train"), read_metrics(rows, "train"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6), (a, b)
+    assert final_shared.keys() == final_rows.keys()
+    for k in final_shared:
+        if k not in ("step", "gold_reward"):  # the gold reward of sampled text: compared loosely below
+            assert final_shared[k] == pytest.approx(final_rows[k], rel=1e-3, abs=1e-5), k
+    if "gold_reward" in final_shared:
+        assert final_shared["gold_reward"] == pytest.approx(final_rows["gold_reward"], abs=0.05)

@@ -81,3 +81,14 @@ def test_a_config_written_before_typed_sections_loads(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match=r"config.yaml: unknown key\(s\) ppo"):
         read_run_config(run)
+
+
+def test_a_config_written_before_shared_prefix_keeps_separate_rows(tmp_path):
+    """A stored model section without `shared_prefix` was trained one row per sequence; resuming keeps that."""
+    prepare_run_dir(tmp_path / "dpo", None, ["algo=dpo"], False)
+    path = tmp_path / "dpo" / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    assert stored["model"]["shared_prefix"] is True  # today's default, written out
+    del stored["model"]["shared_prefix"]
+    path.write_text(yaml.safe_dump(stored))
+    assert read_run_config(tmp_path / "dpo").model.shared_prefix is False
