@@ -225,8 +225,12 @@ def setup_srpo(cfg: SRPORun) -> Setup:
     config = policy.config
     shape = SequenceShape(2 * cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, cfg.data.max_response_tokens)
     template = bench.revision_template or DEFAULT_REVISION_TEMPLATE
-    train = srpo_sequences(bench.train_pairs, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
-                           template=template, stats=TruncationStats(), length=shape.max_length).arrays()
+    sequences = srpo_sequences(bench.train_pairs, bench.encode, shape, eos_id=bench.eos_id, pad_id=bench.pad_id,
+                               template=template, stats=TruncationStats(), length=shape.max_length)
+    if cfg.model.shared_prefix:  # three contexts per pair, each computed once for its two responses
+        train = sequences.shared_prefix_arrays(shape.max_prompt_tokens, shape.max_response_tokens + 1, bench.pad_id)
+    else:
+        train = sequences.arrays()
 
     def objective(t, f, batch):
         p, lora = policy.weights(t, f)

@@ -143,29 +143,39 @@ class PairBatch(NamedTuple):
         """The pairs in the shared-prefix layout (`metapl.models.shared_prefix`): prompt_tokens, prompt_mask
         [B, prompt_length] (left-padded), response_tokens, response_mask [B, 2, response_length] (chosen first,
         right-padded), domain, gold_margin. Each pair's prompt is stored once."""
-        b = len(self.domain)
-        prompt = np.full((b, prompt_length), pad_id, np.int32)
-        prompt_mask = np.zeros((b, prompt_length), bool)
-        responses = np.full((b, 2, response_length), pad_id, np.int32)
-        response_mask = np.zeros((b, 2, response_length), bool)
+        out = shared_prefix_layout([(self.chosen, self.rejected)], prompt_length, response_length, pad_id)
+        out = {k: v[:, 0] for k, v in out.items()}
+        return dict(out, domain=self.domain, gold_margin=self.gold_margin)
+
+
+def shared_prefix_layout(groups: Sequence[Sequence[SequenceBatch]], prompt_length: int, response_length: int,
+                         pad_id: int) -> dict[str, np.ndarray]:
+    """Row batches regrouped by prompt: G groups of K SequenceBatches [B, L] whose row i shares one prompt within a
+    group -> prompt_tokens, prompt_mask [B, G, prompt_length] (left-padded) and response_tokens, response_mask
+    [B, G, K, response_length] (right-padded). A DataError names the row whose prompts differ or do not fit."""
+    b, g, k = len(groups[0][0].tokens), len(groups), len(groups[0])
+    prompt = np.full((b, g, prompt_length), pad_id, np.int32)
+    prompt_mask = np.zeros((b, g, prompt_length), bool)
+    responses = np.full((b, g, k, response_length), pad_id, np.int32)
+    response_mask = np.zeros((b, g, k, response_length), bool)
+    for j, group in enumerate(groups):
         for i in range(b):
             prompts = []
-            for k, seqs in enumerate((self.chosen, self.rejected)):
-                real, resp = seqs.attention_mask[i], seqs.response_mask[i]
+            for c, seqs in enumerate(group):
+                real, resp = seqs.attention_mask[i].astype(bool), seqs.response_mask[i].astype(bool)
                 prompts.append(seqs.tokens[i][real & ~resp])
                 y = seqs.tokens[i][resp]
                 if len(y) > response_length:
-                    raise DataError(f"pair {i}: a response of {len(y)} tokens exceeds the {response_length} slots")
-                responses[i, k, : len(y)], response_mask[i, k, : len(y)] = y, True
-            if not np.array_equal(*prompts):
-                raise DataError(f"pair {i}: chosen and rejected do not share their prompt")
-            if len(prompts[0]) > prompt_length:
-                raise DataError(f"pair {i}: a prompt of {len(prompts[0])} tokens exceeds the {prompt_length} slots")
-            prompt[i, prompt_length - len(prompts[0]):] = prompts[0]
-            prompt_mask[i, prompt_length - len(prompts[0]):] = True
-        return {"prompt_tokens": prompt, "prompt_mask": prompt_mask,
-                "response_tokens": responses, "response_mask": response_mask, "domain": self.domain,
-                "gold_margin": self.gold_margin}
+                    raise DataError(f"row {i}: a response of {len(y)} tokens exceeds the {response_length} slots")
+                responses[i, j, c, : len(y)], response_mask[i, j, c, : len(y)] = y, True
+            if any(not np.array_equal(prompts[0], x) for x in prompts[1:]):
+                raise DataError(f"row {i}: the sequences of group {j} do not share their prompt")
+            n = len(prompts[0])
+            if n > prompt_length:
+                raise DataError(f"row {i}: a prompt of {n} tokens exceeds the {prompt_length} slots")
+            prompt[i, j, prompt_length - n:], prompt_mask[i, j, prompt_length - n:] = prompts[0], True
+    return {"prompt_tokens": prompt, "prompt_mask": prompt_mask, "response_tokens": responses,
+            "response_mask": response_mask}
 
 
 def encode_pairs(pairs: Sequence[PreferencePair], encode: Encode, shape: SequenceShape, eos_id: int | None,

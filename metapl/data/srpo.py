@@ -30,7 +30,9 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from metapl.data.batching import Encode, SequenceBatch, SequenceShape, TruncationStats, collate, encode_sequence
+from metapl.data.batching import (
+    Encode, SequenceBatch, SequenceShape, TruncationStats, collate, encode_sequence, shared_prefix_layout,
+)
 from metapl.data.schemas import PreferencePair
 from metapl.models.config import ModelConfig
 from metapl.models.sampling import SamplingConfig, generate_text
@@ -84,6 +86,14 @@ class SrpoBatch(NamedTuple):
         for name, seqs in zip(self._fields, self):
             out.update({f"{name}_{k}": v for k, v in seqs._asdict().items()})
         return out
+
+    def shared_prefix_arrays(self, prompt_length: int, response_length: int, pad_id: int) -> dict[str, np.ndarray]:
+        """The six sequences as three prompts with two responses each (`metapl.models.shared_prefix`): contexts x,
+        (x, y_l), (x, y_w) in that order, prompt_tokens, prompt_mask [B, 3, prompt_length]; responses (y_w, y_l)
+        of each, response_tokens, response_mask [B, 3, 2, response_length]."""
+        groups = [(self.chosen, self.rejected), (self.chosen_given_rejected, self.rejected_given_rejected),
+                  (self.chosen_given_chosen, self.rejected_given_chosen)]
+        return shared_prefix_layout(groups, prompt_length, response_length, pad_id)
 
 
 def srpo_sequences(

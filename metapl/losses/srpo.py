@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from metapl.data.srpo import SRPO_SEQUENCES
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
+from metapl.models.shared_prefix import response_logprobs
 
 __all__ = ["srpo_logprobs", "srpo_loss", "srpo_objective", "srpo_reference_logprobs"]
 
@@ -120,7 +121,16 @@ def _stacked(batch: Batch, field: str) -> jax.Array:
 
 def srpo_logprobs(params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None
                   ) -> dict[str, jax.Array]:
-    """The six sequence log-probs [B] (keys SRPO_SEQUENCES), in one forward pass over the [6B, L] stack."""
+    """The six sequence log-probs [B] (keys SRPO_SEQUENCES), in one forward pass over the [6B, L] stack, or in the
+    shared-prefix layout (`SrpoBatch.shared_prefix_arrays`: [B, 3, P] prompts, [B, 3, 2, R] responses) over 3B
+    rows, each context computed once for its two responses."""
+    if "response_tokens" in batch:
+        b, g, p = batch["prompt_tokens"].shape
+        r = batch["response_tokens"].shape[-1]
+        seq = response_logprobs(params, config, batch["prompt_tokens"].reshape(b * g, p),
+                                batch["prompt_mask"].reshape(b * g, p), batch["response_tokens"].reshape(b * g, 2, r),
+                                batch["response_mask"].reshape(b * g, 2, r), lora=lora).reshape(b, g * 2)
+        return {name: seq[:, i] for i, name in enumerate(SRPO_SEQUENCES)}  # (x, x+y_l, x+y_w) × (y_w, y_l)
     _, seq = sequence_logprobs(params, config, _stacked(batch, "tokens"), _stacked(batch, "response_mask"),
                                attention_mask=_stacked(batch, "attention_mask"), lora=lora)
     b = batch["chosen_tokens"].shape[0]

@@ -119,7 +119,7 @@ def test_shared_prefix_pair_arrays():
     assert "chosen_tokens" in PairLoader(pairs, TOK.encode, batch_size=2, shape=shape).arrays_at([0, 1])
     batch = loader.batch_at([0, 1])
     batch.rejected.tokens[0, 0] = 9  # the rejected row's prompt no longer matches the chosen row's
-    with pytest.raises(DataError, match="pair 0: chosen and rejected do not share their prompt"):
+    with pytest.raises(DataError, match="row 0: the sequences of group 0 do not share their prompt"):
         batch.shared_prefix_arrays(4, 4, 0)
-    with pytest.raises(DataError, match="pair 0: a prompt of 3 tokens exceeds the 2 slots"):
+    with pytest.raises(DataError, match="row 0: a prompt of 3 tokens exceeds the 2 slots"):
         loader.batch_at([0, 1]).shared_prefix_arrays(2, 4, 0)

@@ -113,9 +113,10 @@ def _pairs():
             PreferencePair("l", "mno", "pq", "d")]
 
 
-def _batch(pairs):
+def _batch(pairs, shared_prefix=False):
     shape = SequenceShape(max_prompt_tokens=16, max_response_tokens=4, buckets=(24,))
-    return srpo_sequences(pairs, _byte_encode, shape, eos_id=EOS, template=SHORT).arrays()
+    sequences = srpo_sequences(pairs, _byte_encode, shape, eos_id=EOS, template=SHORT)
+    return sequences.shared_prefix_arrays(16, 5, 0) if shared_prefix else sequences.arrays()
 
 
 def _model(dtype="float32"):
@@ -125,10 +126,13 @@ def _model(dtype="float32"):
     return config, params, ref
 
 
-def test_srpo_objective_equals_loss_on_independent_logprobs():
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_srpo_objective_equals_loss_on_independent_logprobs(shared_prefix):
+    """Both layouts: six rows per pair, or three contexts each computed once for its two responses."""
     pairs = _pairs()
     config, params, ref_params = _model()
-    batch = {k: jnp.asarray(v) for k, v in _batch(pairs).items()}
+    batch = {k: jnp.asarray(v) for k, v in _batch(pairs, shared_prefix).items()}
+    assert ("response_tokens" in batch) == shared_prefix
     loss, metrics = jax.jit(lambda p, r, b: srpo_objective(p, b, config=config, beta=0.5, alpha=0.3,
                                                            ref_params=r))(params, ref_params, batch)
 

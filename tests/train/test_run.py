@@ -130,7 +130,7 @@ def test_ppo_raises_the_gold_reward(tmp_path):
     assert 0 <= read_metrics(run_dir, "train")[-1]["clip_fraction"] <= 1
 
 
-@pytest.mark.parametrize("algo", ["rm", "dpo", "ipo", "tree-rm", "rloo"])
+@pytest.mark.parametrize("algo", ["rm", "dpo", "ipo", "tree-rm", "rloo", "srpo"])
 def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
     """model.shared_prefix (each prompt computed once for both responses) on and off: the same run to float
     tolerance, losses and evaluation metrics alike."""
@@ -139,7 +139,7 @@ def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
 
     common = [f"algo={algo}", "steps=20", "eval_every=20", "model.hidden_size=16", "model.num_layers=1",
               "data.synthetic.pairs_per_domain=16"]
-    if algo in ("rm", "dpo", "rloo"):  # the switch reaches the batches (not a comparison of a run with itself)
+    if algo in ("rm", "dpo", "rloo", "srpo"):  # the switch reaches the batches (not a comparison of a run with itself)
         for flag in (True, False):
             setup = algorithm(algo).setup(load_run_config(None, SMALL + common + [f"model.shared_prefix={flag}"]))
             if algo == "rloo":
