@@ -1,4 +1,5 @@
-"""Training-step throughput on SmolLM2-135M (float32, full parameters): metapl (JAX) beside TRL's `DPOTrainer`.
+"""Training-step throughput on SmolLM2-135M (float32): metapl (JAX) beside TRL's `DPOTrainer`, and the effect of
+metapl's shared-prefix layout (each prompt computed once for its responses, `metapl.models.shared_prefix`).
 
 One script run, one set of weights (metapl's import of the embedded GGUF, exported with metapl's Hugging Face
 exporter and loaded by transformers), one batch. Each side runs in a worker process of its own, and the parent
@@ -6,11 +7,15 @@ drives them in turn (only one computes at a time); sharing one process made meta
 TRL's had run (threads and heap of the other framework). The batch: --pairs preference pairs, every sequence exactly
 --prompt-tokens + --response-tokens long (the response's last token is EOS), so nothing is padded. Measured:
 
-  metapl  DPO, reference log-probs computed on the fly by a frozen copy (like-for-like with TRL)
-  TRL     DPOTrainer, reference model on the fly (PyTorch CPU, --torch-threads threads)
-  metapl  DPO, reference log-probs precomputed (in the batch)
-  metapl  Bradley-Terry reward model (scalar head on the backbone, chosen + rejected)
-  metapl  SFT (mean NLL of the chosen responses)
+  metapl  DPO, reference log-probs on the fly, one row per sequence (chosen and rejected each with the prompt)
+  metapl  DPO, the same with the shared prefix (one row per pair: prompt, chosen, rejected)
+  TRL     DPOTrainer, reference on the fly (PyTorch CPU, --torch-threads threads)
+  metapl  Bradley-Terry reward model, both layouts (full weights only)
+  metapl  RLOO rollout (k samples per prompt) and its scoring, one row per sample vs prefilled once + shared
+          scoring (--rollout-k; full weights only)
+
+--lora-rank R trains LoRA adapters of rank R (alpha 2R) on every linear layer on both sides (TRL: `peft`), the
+reference being the base without adapters; else all weights train and the reference is a frozen copy.
 
 Every step is a full optimiser step (AdamW, lr --lr, global-norm clipping 1.0, constant schedule) on the same
 batch. Compilation and the first steps are warm-up (--warmup steps per method, excluded). Then --rounds rounds,
@@ -25,19 +30,17 @@ prompt/chosen/rejected strings, tokenises them itself and appends EOS. The scrip
 dataset holds exactly metapl's ids and that TRL's collated batch is [2 * pairs, prompt + response] with the same
 input ids, attention mask (all ones) and completion mask as metapl's batch.
 
-Accounting: tokens per step = all tokens of the sequences the method processes (DPO and RM: chosen + rejected,
-2 * pairs * (prompt + response); SFT: chosen only). FLOPs = 6·N·T for the trained forward + backward plus 2·N·T
-for each extra forward (DPO's reference on the fly), N = all parameters including the (tied) embedding / LM
-head, T = tokens per step; attention-score FLOPs are not counted. MFU = achieved FLOP/s / the float32 matmul
-peak of JAX measured in this run (median of one measurement per round).
+Accounting (`step_flops`): tokens are the pairs' logical tokens for every method; FLOPs are what each method
+computes (the shared prefix runs fewer tokens and computes logits only where read). MFU = achieved FLOP/s / the
+float32 matmul peak of JAX measured in this run (median of one measurement per round).
 
 Allocator: the script re-executes itself with glibc's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000
 MALLOC_TOP_PAD_=1073741824 (TRL's CPU step spends much of its time in page faults otherwise), so both sides run
 under the same settings; --default-malloc keeps glibc's defaults (also for both).
 
-    python experiments/bench_train.py                      # 4 pairs x (64 + 64) tokens, 3 rounds x 3 steps
-    python experiments/bench_train.py --rounds 5 --steps 2 --breakdown-repeats 5
-    python experiments/bench_train.py --skip-trl           # metapl only (quick check)
+    python experiments/bench_train.py --suite --rounds 3 --steps 2 --warmup 2   # the results file's three cases
+    python experiments/bench_train.py --prompt-tokens 256                       # one case (written alone)
+    python experiments/bench_train.py --skip-trl --no-write                     # metapl only (quick check)
 """
 
 from __future__ import annotations
@@ -89,8 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed steps per method per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (the first ones compile)")
     p.add_argument("--torch-threads", type=int, default=2)
-    p.add_argument("--breakdown-repeats", type=int, default=3,
-                   help="repeats of each part of metapl's DPO step in the breakdown (0 = skip the breakdown)")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="0: train all weights; > 0: LoRA adapters of this rank on every linear layer (TRL: peft)")
+    p.add_argument("--rollout-k", type=int, default=4,
+                   help="RLOO rollout timing: samples per prompt (--pairs prompts; 0 = skip; full weights only)")
+    p.add_argument("--suite", action="store_true",
+                   help="the three cases of the results file, one child run each: full weights at (64 + 64) and "
+                        "(256 + 64), LoRA rank 8 at (64 + 64); writes bench_train.json/.md")
+    p.add_argument("--json-out", help=argparse.SUPPRESS)  # internal: a suite child's result file
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--default-malloc", action="store_true", help="keep glibc's allocator defaults (both sides)")
     p.add_argument("--no-write", action="store_true", help="print, but do not write the results files")
@@ -189,85 +198,124 @@ class MetaplMethod:
         return dt
 
 
+# LoRA on every linear layer, the same on both sides (metapl names, then peft's module names for SmolLM2).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def shared_batch(batch_np: dict, args) -> dict:
+    """The same pairs in metapl's shared-prefix layout: each prompt once, its two responses after it."""
+    import numpy as np
+
+    from metapl.data.batching import PairBatch, SequenceBatch
+
+    sides = [SequenceBatch(*(batch_np[f"{s}_{k}"] for k in ("tokens", "attention_mask", "response_mask")))
+             for s in ("chosen", "rejected")]
+    zeros = np.zeros(args.pairs)
+    out = PairBatch(*sides, zeros, zeros).shared_prefix_arrays(args.prompt_tokens, args.response_tokens, 0)
+    return {k: v for k, v in out.items() if k not in ("domain", "gold_margin")}
+
+
 def build_metapl(model, batch_np, args):
+    """The metapl methods of this case: DPO (reference on the fly) one row per sequence and with the shared
+    prefix; with full weights also the Bradley–Terry RM both ways. LoRA: adapters (B = 0) over frozen weights,
+    the reference the base without adapters."""
     import jax
     import jax.numpy as jnp
 
-    from metapl.losses.offline import sft_objective
-    from metapl.losses.preference import dpo_objective, reference_logprobs, rm_objective
-    from metapl.models import init_head_params
+    from metapl.losses.preference import dpo_objective, rm_objective
+    from metapl.models import LoraConfig, init_head_params, init_lora
     from metapl.train import OptimConfig, make_optimizer
 
     config = model.config
+    if args.lora_rank:
+        config = config.replace(lora=LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
+                                                targets=LORA_TARGETS))
     optimizer = make_optimizer(OptimConfig(learning_rate=args.lr, max_grad_norm=1.0, weight_decay=0.0))
     params = jax.device_put(model.params)
-    batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-    ref_params = jax.tree.map(jnp.copy, params)
+    rows = {k: jnp.asarray(v) for k, v in batch_np.items()}
+    shared = {k: jnp.asarray(v) for k, v in shared_batch(batch_np, args).items()}
+    methods = {}
+    if args.lora_rank:
+        def dpo(t, f, b):
+            return dpo_objective(f, b, config=config, beta=args.beta, lora=t)
 
-    def dpo_fly(trainable, frozen, b):
-        return dpo_objective(trainable, b, config=config, beta=args.beta, ref_params=frozen)
+        adapters = init_lora(config, jax.random.key(1))
+        for name, b in (("metapl_dpo_rows", rows), ("metapl_dpo_shared", shared)):
+            methods[name] = MetaplMethod(name, dpo, adapters, params, b, optimizer)
+    else:
+        def dpo(t, f, b):
+            return dpo_objective(t, b, config=config, beta=args.beta, ref_params=f)
 
-    def dpo_pre(trainable, frozen, b):
-        return dpo_objective(trainable, b, config=config, beta=args.beta)
+        def rm(t, f, b):
+            return rm_objective(t, b, config=config)
 
-    def rm(trainable, frozen, b):
-        return rm_objective(trainable, b, config=config)
-
-    def sft(trainable, frozen, b):
-        return sft_objective(trainable, b, config=config)
-
-    t = time.perf_counter()
-    ref = block(jax.jit(lambda p, b: reference_logprobs(p, config, b))(ref_params, batch))
-    precompute_s = time.perf_counter() - t
-    batch_pre = dict(batch, **ref)
-    sft_batch = {"tokens": batch["chosen_tokens"], "attention_mask": batch["chosen_attention_mask"],
-                 "response_mask": batch["chosen_response_mask"]}
-    rm_params = init_head_params(config, jax.random.key(1), backbone=params)
-    methods = {
-        "metapl_dpo_ref_on_the_fly": MetaplMethod("metapl_dpo_ref_on_the_fly", dpo_fly, params, ref_params, batch,
-                                                  optimizer),
-        "metapl_dpo_ref_precomputed": MetaplMethod("metapl_dpo_ref_precomputed", dpo_pre, params, None, batch_pre,
-                                                   optimizer),
-        "metapl_rm": MetaplMethod("metapl_rm", rm, rm_params, None, batch, optimizer),
-        "metapl_sft": MetaplMethod("metapl_sft", sft, params, None, sft_batch, optimizer),
-    }
-    n_rm = sum(x.size for x in jax.tree.leaves(rm_params))
-    return methods, {"ref_precompute_first_call_seconds": precompute_s, "rm_params": int(n_rm)}, \
-        (config, optimizer, params, ref_params, batch, dpo_fly)
+        ref_params = jax.tree.map(jnp.copy, params)
+        rm_params = init_head_params(config, jax.random.key(1), backbone=params)
+        for name, b in (("metapl_dpo_rows", rows), ("metapl_dpo_shared", shared)):
+            methods[name] = MetaplMethod(name, dpo, params, ref_params, b, optimizer)
+        for name, b in (("metapl_rm_rows", rows), ("metapl_rm_shared", shared)):
+            methods[name] = MetaplMethod(name, rm, rm_params, None, b, optimizer)
+    v, d = config.vocab_size, config.hidden_size
+    n = int(sum(x.size for x in jax.tree.leaves(params)))
+    extra = {"methods": list(methods), "n_params": n, "n_body": n - v * d, "head_vd": v * d}
+    return methods, extra, (config.replace(lora=None), params)
 
 
-def metapl_breakdown(parts, repeats: int) -> dict:
-    """Time the pieces of metapl's on-the-fly DPO step separately (each jit-compiled on its own)."""
+def rollout_timing(config, params, batch_np, args, rounds: int) -> dict:
+    """RLOO's rollout for --pairs prompts × k samples (temperature 1, --response-tokens new tokens, no stop
+    token, so every sample is full length) and its scoring (policy and reference log-probs of every sampled
+    token, no gradient): one row per sample, against each prompt prefilled once and scored in the shared layout.
+    Interleaved rounds after a compiling one; median seconds of sampling, scoring and both."""
     import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    from metapl.losses.preference import pair_logprobs
+    from metapl.models import SamplingConfig, generate, response_token_logprobs, token_logprobs
+    from metapl.models.shared_prefix import shared_inputs
 
-    config, optimizer, params, ref_params, batch, dpo_fly = parts
-    fwd = jax.jit(lambda p, b: pair_logprobs(p, config, b))
-    grad = jax.jit(jax.value_and_grad(lambda p, r, b: dpo_fly(p, r, b), has_aux=True))
-    grad_no_ref = jax.jit(jax.value_and_grad(
-        lambda p, b: dpo_fly(p, None, dict(b, ref_chosen_logps=b["chosen_tokens"][:, 0] * 0.0,
-                                            ref_rejected_logps=b["chosen_tokens"][:, 0] * 0.0)), has_aux=True))
-    opt_state = optimizer.init(params)
-    upd = jax.jit(lambda g, s, p: optimizer.update(g, s, p))
-    (_, _), g = grad(params, ref_params, batch)
-    block(g)
-    cases = {
-        "forward (one pass over chosen + rejected)": lambda: fwd(params, batch),
-        "value_and_grad, reference precomputed (policy fwd + bwd)": lambda: grad_no_ref(params, batch),
-        "value_and_grad, reference on the fly (ref fwd + policy fwd + bwd)": lambda: grad(params, ref_params, batch),
-        "optimiser update (clip + AdamW, no apply)": lambda: upd(g, opt_state, params),
-    }
-    out = {}
-    for name, fn in cases.items():
-        block(fn())  # compile
-        ts = []
-        for _ in range(repeats):
+    k, p = args.rollout_k, args.prompt_tokens
+    prompts = batch_np["chosen_tokens"][:, :p]
+    mask = np.ones_like(prompts, bool)
+    sampling = SamplingConfig(max_new_tokens=args.response_tokens, temperature=1.0)
+    ref = jax.tree.map(jnp.copy, params)
+    score_rows = jax.jit(lambda w, b: token_logprobs(w, config, b["tokens"], attention_mask=b["attention_mask"]))
+    score_shared = jax.jit(lambda w, b: response_token_logprobs(w, config, *shared_inputs(b)))
+
+    def rows(key):
+        out = block(generate(params, config, np.repeat(prompts, k, 0), np.repeat(mask, k, 0), key, sampling))
+        t = time.perf_counter()
+        batch = out.sequences()
+        block((score_rows(params, batch), score_rows(ref, batch)))
+        return time.perf_counter() - t
+
+    def shared(key):
+        out = block(generate(params, config, prompts, mask, key, sampling, num_samples=k))
+        t = time.perf_counter()
+        n = len(prompts)
+        batch = {"prompt_tokens": out.prompt_tokens[::k], "prompt_mask": out.prompt_mask[::k],
+                 "response_tokens": out.tokens.reshape(n, k, -1), "response_mask": out.mask.reshape(n, k, -1)}
+        block((score_shared(params, batch), score_shared(ref, batch)))
+        return time.perf_counter() - t
+
+    times = {"rows": {"sample": [], "score": []}, "shared": {"sample": [], "score": []}}
+    for r in range(rounds + 1):  # round 0 compiles
+        for name, fn in (("rows", rows), ("shared", shared)):
             t = time.perf_counter()
-            block(fn())
-            ts.append(time.perf_counter() - t)
-        out[name] = {"min": min(ts), "median": statistics.median(ts), "max": max(ts), "n": len(ts)}
-        print(f"  breakdown: {name}: median {out[name]['median']:.2f}s", file=sys.stderr, flush=True)
+            score_s = fn(jax.random.key(r))
+            total = time.perf_counter() - t
+            if r:
+                times[name]["score"].append(score_s)
+                times[name]["sample"].append(total - score_s)
+        done = ", ".join(f"{n} {t['sample'][-1] + t['score'][-1]:.2f}s" for n, t in times.items() if r)
+        print(f"  rollout round {r}: {done or 'compiled'}", file=sys.stderr, flush=True)
+    out = {}
+    for name, parts in times.items():
+        out[name] = {part: statistics.median(v) for part, v in parts.items()}
+        out[name]["total"] = statistics.median([a + b for a, b in zip(parts["sample"], parts["score"])])
+        out[name]["rounds"] = parts
+    out["shared_over_rows"] = out["shared"]["total"] / out["rows"]["total"]
+    out["setup"] = {"prompts": len(prompts), "k": k, "prompt_tokens": p, "new_tokens": args.response_tokens}
     return out
 
 
@@ -296,14 +344,22 @@ class TRLSide:
         )
         self.DPOConfig = DPOConfig
         dataset = datasets.Dataset.from_dict({k: [p[k] for p in pairs] for k in ("prompt", "chosen", "rejected")})
+        peft_config = None
+        if args.lora_rank:  # the same adapters as metapl's: rank, alpha 2·rank, every linear layer, no dropout
+            import peft
+
+            peft_config = peft.LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                                          target_modules=PEFT_TARGETS, bias="none", task_type="CAUSAL_LM")
         self.trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**self.config_kwargs),
-                                  train_dataset=dataset, processing_class=self.tok)
+                                  train_dataset=dataset, processing_class=self.tok, peft_config=peft_config)
         self.check_batch(pairs, batch_np, length)
         self.losses: list[dict] = []  # per compute_loss call: loss and mean summed log-probs
         self._wrap_compute_loss()
         self.step_times: list[float] = []
         self.versions = {"trl": __import__("trl").__version__, "torch": torch.__version__,
                          "torch_threads": torch.get_num_threads(), "transformers": tf.__version__}
+        if args.lora_rank:
+            self.versions["peft"] = __import__("peft").__version__
         self._t0 = None
         self.trainer.add_callback(self._timer())
 
@@ -395,8 +451,8 @@ def worker_main(args) -> int:
             msg = json.loads(line)
             if msg["cmd"] == "quit":
                 break
-            if msg["cmd"] == "breakdown":
-                send({"breakdown": metapl_breakdown(parts, msg["repeats"])})
+            if msg["cmd"] == "rollout":
+                send({"rollout": rollout_timing(*parts, batch_np, args, msg["rounds"])})
                 continue
             m = methods[msg["method"]]
             times, hist = [], []
@@ -457,22 +513,20 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.worker:
         return worker_main(args)
+    if args.suite:
+        return run_suite(args)
 
-    import jax
     import numpy as np
 
-    from bench_common import machine_info, matmul_peak_gflops, summarize, write_results
+    from bench_common import machine_info, matmul_peak_gflops, write_results
     from metapl.models import load_pretrained, save_hf_directory
 
     model = load_pretrained(args.model)
     tok = model.tokenizer
-    n_params = int(sum(x.size for x in jax.tree.leaves(model.params)))
     pairs = build_pairs(tok, args.pairs, args.prompt_tokens, args.response_tokens)
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     batch_np = metapl_batch(pairs, args.prompt_tokens, args.response_tokens, eos, pad)
-    length = args.prompt_tokens + args.response_tokens
-    pair_tokens = 2 * args.pairs * length
 
     workdir = Path(tempfile.mkdtemp(prefix="metapl-bench-train-"))
     np.savez(workdir / "batch.npz", **batch_np)
@@ -487,129 +541,18 @@ def main() -> int:
             workers["trl"] = Worker("trl", workdir)
             print(f"TRL batch shape {workers['trl'].hello['batch_shape']}: same ids and masks as metapl's",
                   file=sys.stderr, flush=True)
-        return run_parent(args, workers, n_params, pair_tokens, length, machine_info, matmul_peak_gflops,
-                          summarize, write_results)
+        case = run_case(args, workers, matmul_peak_gflops)
     finally:
         for w in workers.values():
             w.close()
-
-
-def run_parent(args, workers, n_params, pair_tokens, length, machine_info, matmul_peak_gflops, summarize,
-               write_results) -> int:
-    extra = workers["metapl"].hello["extra"]
-    trl = workers.get("trl")
-
-    def run(name, n):
-        if name.startswith("trl"):
-            return trl.call(cmd="steps", n=n)
-        return workers["metapl"].call(cmd="steps", method=name, n=n)
-
-    # Warm-up: compile, and record the first steps' losses (the loss-agreement check).
-    warm = {}
-    order = ["metapl_dpo_ref_on_the_fly", "trl_dpo_ref_on_the_fly", "metapl_dpo_ref_precomputed", "metapl_rm",
-             "metapl_sft"]
-    if trl is None:
-        order.remove("trl_dpo_ref_on_the_fly")
-    for name in order:
-        warm[name] = run(name, args.warmup)
-        print(f"warm-up {name}: " + ", ".join(f"{t:.2f}s loss {m['loss']:.6f}"
-                                              for t, m in zip(warm[name]["times"], warm[name]["metrics"])),
-              file=sys.stderr, flush=True)
-
-    peaks, ratios = [], []
-    times = {name: [] for name in order}
-    for r in range(args.rounds):
-        peaks.append(matmul_peak_gflops())  # in the parent, while both workers wait
-        medians = {}
-        for name in order:
-            ts = run(name, args.steps)["times"]
-            times[name].extend(ts)
-            medians[name] = statistics.median(ts)
-        if trl is not None:
-            ratios.append(medians["trl_dpo_ref_on_the_fly"] / medians["metapl_dpo_ref_on_the_fly"])
-        print(f"round {r}: peak {peaks[-1]:.0f} GFLOP/s; " + ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()),
-              file=sys.stderr, flush=True)
-
-    breakdown = (workers["metapl"].call(cmd="breakdown", repeats=args.breakdown_repeats)["breakdown"]
-                 if args.breakdown_repeats > 0 else None)
-
-    peak = statistics.median(peaks)
-    spec = {  # name: (tokens per step, FLOP multiplier on N*T, N)
-        "metapl_dpo_ref_on_the_fly": (pair_tokens, 8, n_params),
-        "trl_dpo_ref_on_the_fly": (pair_tokens, 8, n_params),
-        "metapl_dpo_ref_precomputed": (pair_tokens, 6, n_params),
-        "metapl_rm": (pair_tokens, 6, extra["rm_params"]),
-        "metapl_sft": (args.pairs * length, 6, n_params),
-    }
-    labels = {
-        "metapl_dpo_ref_on_the_fly": "metapl DPO, reference on the fly",
-        "trl_dpo_ref_on_the_fly": "TRL DPOTrainer, reference on the fly",
-        "metapl_dpo_ref_precomputed": "metapl DPO, reference precomputed",
-        "metapl_rm": "metapl Bradley–Terry RM",
-        "metapl_sft": "metapl SFT (chosen)",
-    }
-    results = {}
-    for name in order:
-        tokens, mult, n = spec[name]
-        s = summarize(times[name])
-        flops = mult * n * tokens
-        results[name] = {
-            "label": labels[name], "seconds_per_step": s, "tokens_per_step": tokens, "flops_per_step": flops,
-            "flop_formula": f"{mult}*N*T, N={n}, T={tokens}",
-            "tokens_per_s": tokens / s["median"], "tokens_per_s_best": tokens / s["min"],
-            "achieved_gflops": flops / s["median"] / 1e9, "mfu": flops / s["median"] / 1e9 / peak,
-            "first_step_seconds_incl_compile": warm[name]["times"][0],
-        }
-
-    # Loss agreement: both sides start from the same weights and take identical AdamW steps on the same batch.
-    agreement = None
-    if trl is not None:
-        ours, theirs = warm["metapl_dpo_ref_on_the_fly"]["metrics"], warm["trl_dpo_ref_on_the_fly"]["metrics"]
-        agreement = {
-            "metapl_losses": [h["loss"] for h in ours],
-            "trl_losses": [t["loss"] for t in theirs],
-            "abs_diff": [abs(h["loss"] - t["loss"]) for h, t in zip(ours, theirs)],
-            "step0_metapl_chosen_logp": ours[0]["chosen_logp"], "step0_trl_chosen_logp": theirs[0]["chosen_logp"],
-            "step0_metapl_rejected_logp": ours[0]["rejected_logp"],
-            "step0_trl_rejected_logp": theirs[0]["rejected_logp"],
-        }
-    ratio = None
-    if trl is not None:
-        ratio = {
-            "tokens_per_s_ratio_of_medians": results["metapl_dpo_ref_on_the_fly"]["tokens_per_s"]
-            / results["trl_dpo_ref_on_the_fly"]["tokens_per_s"],
-            "per_round": ratios, "median_of_rounds": statistics.median(ratios),
-            "min": min(ratios), "max": max(ratios),
-            "precomputed_metapl_over_trl_on_the_fly": results["metapl_dpo_ref_precomputed"]["tokens_per_s"]
-            / results["trl_dpo_ref_on_the_fly"]["tokens_per_s"],
-            "trl_mfu": results["trl_dpo_ref_on_the_fly"]["mfu"],
-            "mfu_needed_for_1.5x": 1.5 * results["trl_dpo_ref_on_the_fly"]["mfu"],
-        }
-
     info = machine_info()
-    info["matmul_peak_gflops_f32"] = peak
-    info["matmul_peak_gflops_f32_per_round"] = peaks
-    if trl is not None:
-        info.update(trl.hello["versions"])
-    command = "python experiments/bench_train.py " + " ".join(sys.argv[1:])
-    payload = {
-        "benchmark": "train_step", "model": args.model, "parameters_N": n_params,
-        "setup": {"pairs": args.pairs, "prompt_tokens": args.prompt_tokens, "response_tokens": args.response_tokens,
-                  "sequence_length": length, "beta": args.beta, "learning_rate": args.lr, "optimizer":
-                  "AdamW (b1 0.9, b2 0.999, eps 1e-8, wd 0), clip global norm 1.0, constant lr",
-                  "dtype": "float32", "rounds": args.rounds, "steps_per_round": args.steps,
-                  "warmup_steps": args.warmup, "torch_threads": args.torch_threads,
-                  "processes": "one worker process per side, driven in turn by the parent",
-                  "trl_batch_shape": trl.hello["batch_shape"] if trl else None},
-        "flops": "training FLOPs per step = 6*N*T (trained forward + backward) + 2*N*T per extra forward "
-                 "(DPO reference on the fly); N = all parameters incl. the tied embedding/LM head; T = tokens per "
-                 "step; attention-score FLOPs not counted; MFU = FLOPs / median step time / measured f32 matmul peak",
-        "machine": info, "results": results, "dpo_ratio_metapl_over_trl": ratio, "loss_agreement": agreement,
-        "metapl_dpo_breakdown_seconds": breakdown, "extra": extra,
-        "targets": {"dpo_tokens_per_s_ratio": 1.5, "dpo_mfu": 0.40},
-        "command": command,
-    }
-    md = render_markdown(payload, order, args)
+    if "trl" in case:
+        info.update(case["trl"]["versions"])
+    payload = {"benchmark": "train_step", "machine": info, "cases": [case], "command": command_line()}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(payload))
+        return 0
+    md = render_markdown(payload)
     if not args.no_write:
         json_path, md_path = write_results("bench_train", payload, md)
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
@@ -617,74 +560,217 @@ def run_parent(args, workers, n_params, pair_tokens, length, machine_info, matmu
     return 0
 
 
-def render_markdown(payload: dict, order: list[str], args) -> str:
-    info, res = payload["machine"], payload["results"]
-    rows = []
+def command_line() -> str:
+    return "python experiments/bench_train.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--json-out"))
+
+
+SUITE = [  # (label, arguments): the cases of the results file and their targets (shared prefix vs TRL)
+    ("full weights, 64 + 64", ["--prompt-tokens", "64", "--response-tokens", "64"], 1.2),
+    ("full weights, 256 + 64", ["--prompt-tokens", "256", "--response-tokens", "64", "--rollout-k", "0"], 1.6),
+    ("LoRA rank 8, 64 + 64", ["--prompt-tokens", "64", "--response-tokens", "64", "--lora-rank", "8",
+                              "--rollout-k", "0"], 1.2),
+]
+
+
+def run_suite(args) -> int:
+    """Each case of SUITE in a child run of this script (same --rounds/--steps/--warmup/--pairs), then one
+    results file over all of them."""
+    import subprocess
+
+    from bench_common import write_results
+
+    passed = [a for a in sys.argv[1:] if a not in ("--suite", "--no-write")]
+    cases, machine = [], None
+    for label, case_args, target in SUITE:
+        out = Path(tempfile.mkdtemp(prefix="metapl-bench-suite-")) / "case.json"
+        print(f"== {label}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *passed, *case_args, "--json-out", str(out)],
+                       check=True)
+        payload = json.loads(out.read_text())
+        machine = machine or payload["machine"]
+        case = payload["cases"][0]
+        machine.update(case.get("trl", {}).get("versions", {}))  # peft's version from the LoRA case
+        case.update(label=label, target=target)
+        cases.append(case)
+    payload = {"benchmark": "train_step", "machine": machine, "cases": cases, "command": command_line()}
+    md = render_markdown(payload)
+    if not args.no_write:
+        json_path, md_path = write_results("bench_train", payload, md)
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    print(md)
+    return 0
+
+
+def step_flops(name: str, extra: dict, args) -> tuple[int, str]:
+    """(FLOPs of one step of method `name` as computed, the formula): 2 per parameter per token for a forward, 2
+    more for the activation gradients and 2 more for the weight gradients (full weights) in a trained pass; the
+    LM head's V·D counted only at the positions where a method computes logits; the DPO reference adds one
+    forward. Attention scores, LoRA's own small matmuls and the optimiser are not counted."""
+    b, p, r = args.pairs, args.prompt_tokens, args.response_tokens
+    nb, vd = extra["n_body"], extra["head_vd"]
+    trained = 4 if args.lora_rank else 6
+    rows, shared = 2 * b * (p + r), b * (p + 2 * r)  # tokens a forward pass runs over
+    if name.startswith("metapl_rm"):
+        tokens = shared if name.endswith("shared") else rows
+        return 6 * nb * tokens, f"6·N_body·{tokens}"
+    tokens, head = {"trl_dpo": (rows, rows), "metapl_dpo_rows": (rows, 2 * b * (p + r - 1)),
+                    "metapl_dpo_shared": (shared, 2 * b * r)}[name]
+    mult = trained + 2
+    return mult * (nb * tokens + vd * head), f"{mult}·(N_body·{tokens} + V·D·{head})"
+
+
+LABELS = {
+    "metapl_dpo_rows": "metapl DPO, one row per sequence",
+    "metapl_dpo_shared": "metapl DPO, shared prefix",
+    "trl_dpo": "TRL DPOTrainer",
+    "metapl_rm_rows": "metapl Bradley–Terry RM, one row per sequence",
+    "metapl_rm_shared": "metapl Bradley–Terry RM, shared prefix",
+}
+
+
+def run_case(args, workers, matmul_peak_gflops) -> dict:
+    """Warm-up, interleaved timed rounds and the rollout timing of one case; its results as a dict."""
+    extra = workers["metapl"].hello["extra"]
+    trl = workers.get("trl")
+    order = list(extra["methods"])
+    if trl is not None:
+        order.insert(2, "trl_dpo")
+
+    def run(name, n):
+        if name == "trl_dpo":
+            return trl.call(cmd="steps", n=n)
+        return workers["metapl"].call(cmd="steps", method=name, n=n)
+
+    warm = {}
+    for name in order:  # compiles; the first steps' losses are the agreement check
+        warm[name] = run(name, args.warmup)
+        print(f"warm-up {name}: " + ", ".join(f"{t:.2f}s loss {m['loss']:.6f}"
+                                              for t, m in zip(warm[name]["times"], warm[name]["metrics"])),
+              file=sys.stderr, flush=True)
+    peaks, times = [], {name: [] for name in order}
+    for r in range(args.rounds):
+        peaks.append(matmul_peak_gflops())  # in the parent, while both workers wait
+        medians = {}
+        for name in order:
+            ts = run(name, args.steps)["times"]
+            times[name].extend(ts)
+            medians[name] = statistics.median(ts)
+        print(f"round {r}: peak {peaks[-1]:.0f} GFLOP/s; " + ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()),
+              file=sys.stderr, flush=True)
+    rollout = (workers["metapl"].call(cmd="rollout", rounds=args.rounds)["rollout"]
+               if args.rollout_k and not args.lora_rank else None)
+
+    peak = statistics.median(peaks)
+    logical = 2 * args.pairs * (args.prompt_tokens + args.response_tokens)
+    results = {}
     for name in order:
-        r = res[name]
-        s = r["seconds_per_step"]
-        rows.append(f"| {r['label']} | {r['tokens_per_step']} | {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) "
-                    f"| {r['tokens_per_s']:.0f} | {r['achieved_gflops']:.1f} | {100 * r['mfu']:.1f}% "
-                    f"| {r['flop_formula'].split(',')[0]} |")
+        flops, formula = step_flops(name, extra, args)
+        s = {"min": min(times[name]), "median": statistics.median(times[name]), "max": max(times[name]),
+             "n": len(times[name]), "all": times[name]}
+        results[name] = {"label": LABELS[name], "seconds_per_step": s, "logical_tokens_per_step": logical,
+                         "tokens_per_s": logical / s["median"], "flops_per_step": flops, "flop_formula": formula,
+                         "achieved_gflops": flops / s["median"] / 1e9, "mfu": flops / s["median"] / 1e9 / peak,
+                         "first_step_seconds_incl_compile": warm[name]["times"][0]}
+    ratios = None
+    if trl is not None:
+        trl_s = results["trl_dpo"]["seconds_per_step"]["median"]
+        ratios = {name: trl_s / results[name]["seconds_per_step"]["median"]
+                  for name in ("metapl_dpo_rows", "metapl_dpo_shared")}
+    agreement = {name: [{"loss": m["loss"], "chosen_logp": m["chosen_logp"], "rejected_logp": m["rejected_logp"]}
+                        for m in warm[name]["metrics"]] for name in order if "dpo" in name}
+    return {
+        "setup": {"pairs": args.pairs, "prompt_tokens": args.prompt_tokens, "response_tokens": args.response_tokens,
+                  "lora_rank": args.lora_rank, "lora_targets": list(LORA_TARGETS) if args.lora_rank else None,
+                  "beta": args.beta, "learning_rate": args.lr, "dtype": "float32", "rounds": args.rounds,
+                  "steps_per_round": args.steps, "warmup_steps": args.warmup, "torch_threads": args.torch_threads,
+                  "trl_batch_shape": trl.hello["batch_shape"] if trl else None},
+        "parameters": {k: extra[k] for k in ("n_params", "n_body", "head_vd")},
+        "matmul_peak_gflops_f32": peak, "matmul_peak_gflops_f32_per_round": peaks,
+        "order": order, "results": results, "dpo_speedup_over_trl": ratios, "first_steps": agreement,
+        "rollout": rollout, **({"trl": {"versions": trl.hello["versions"]}} if trl else {}),
+    }
+
+
+def render_markdown(payload: dict) -> str:
+    info = payload["machine"]
     lines = [
-        "# Training step: metapl vs TRL `DPOTrainer` (SmolLM2-135M, float32, full parameters)",
+        "# Training step: metapl vs TRL `DPOTrainer` (SmolLM2-135M, float32)",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info.get('torch')} "
-        f"({args.torch_threads} threads), transformers {info.get('transformers')}, trl {info.get('trl', 'not run')}. "
-        f"Allocator env (both sides): {info['malloc_env'] or 'glibc defaults'}. "
-        f"f32 matmul peak (JAX, measured each round): median {info['matmul_peak_gflops_f32']:.0f} GFLOP/s "
-        f"(rounds: {', '.join('%.0f' % p for p in info['matmul_peak_gflops_f32_per_round'])}).",
+        f"({info.get('torch_threads')} threads), transformers {info.get('transformers')}, trl "
+        f"{info.get('trl', 'not run')}, peft {info.get('peft', '-')}. Allocator env (both sides): "
+        f"{info['malloc_env'] or 'glibc defaults'}. Each side runs in its own worker process; the parent drives "
+        "them in turn, in interleaved rounds (a step is timed to completion), after warm-up steps that compile.",
         "",
-        f"Batch: {args.pairs} pairs, every sequence {args.prompt_tokens} prompt + {args.response_tokens} response "
-        f"tokens (response ends with EOS), no padding; identical token ids on both sides (checked). β = {args.beta}, "
-        f"AdamW lr {args.lr}, clip 1.0. {args.rounds} interleaved rounds × {args.steps} timed steps per method "
-        f"after {args.warmup} warm-up steps; step time median (min–max) over all timed steps.",
-        "",
-        f"FLOPs per step = 6·N·T for the trained forward + backward, + 2·N·T for each extra forward (the DPO "
-        f"reference on the fly); N = {payload['parameters_N']:,} parameters (incl. the tied embedding / LM head; "
-        f"RM: backbone + scalar head, {payload['extra']['rm_params']:,}); T = tokens per step. MFU = FLOPs / "
-        "median step time / measured peak.",
-        "",
-        "| method | tokens/step | s/step median (min–max) | tokens/s | GFLOP/s | MFU | FLOPs |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        "Tokens are counted the same way for every method: the logical tokens of the pairs, 2 · pairs · (prompt + "
+        "response), whatever a method actually runs. FLOPs are those a method computes: 2 per parameter per token "
+        "for a forward, +2 for activation gradients and +2 for weight gradients (full weights) in a trained pass, "
+        "the LM head (V·D) only at the positions where a method computes logits (TRL: every position; metapl, one "
+        "row per sequence: every position but the last; shared prefix: the response tokens), one more forward for "
+        "the DPO reference; N_body = parameters without the embedding/LM head. MFU = FLOPs / median step time / "
+        "the f32 matmul peak of JAX measured in each round.",
         "",
     ]
-    ratio = payload["dpo_ratio_metapl_over_trl"]
-    if ratio:
-        mfu = res["metapl_dpo_ref_on_the_fly"]["mfu"]
+    for case in payload["cases"]:
+        st, res = case["setup"], case["results"]
+        label = case.get("label") or (f"{'LoRA rank ' + str(st['lora_rank']) if st['lora_rank'] else 'full weights'}"
+                                      f", {st['prompt_tokens']} + {st['response_tokens']}")
         lines += [
-            f"**DPO, reference on the fly: metapl / TRL tokens/s = {ratio['tokens_per_s_ratio_of_medians']:.2f}x** "
-            f"(per-round ratios of medians {', '.join('%.2f' % x for x in ratio['per_round'])}). "
-            f"Targets: ≥ 1.5x — {'met' if ratio['tokens_per_s_ratio_of_medians'] >= 1.5 else 'NOT met'}; "
-            f"metapl DPO MFU ≥ 40% — {'met' if mfu >= 0.40 else 'NOT met'} ({100 * mfu:.1f}%).",
+            f"## {label}",
             "",
-            f"TRL runs at {100 * ratio['trl_mfu']:.0f}% of the measured peak, so 1.5x TRL's tokens/s at the same FLOPs "
-            f"would need {100 * ratio['mfu_needed_for_1.5x']:.0f}% MFU. With the reference precomputed (6·N·T instead "
-            f"of 8·N·T) metapl runs at {ratio['precomputed_metapl_over_trl_on_the_fly']:.2f}x TRL's on-the-fly "
-            "tokens/s.",
+            f"{st['pairs']} pairs, every sequence {st['prompt_tokens']} prompt + {st['response_tokens']} response "
+            f"tokens (ending with EOS), identical token ids on both sides (checked); β = {st['beta']}, AdamW lr "
+            f"{st['learning_rate']}, clip 1.0"
+            + (f"; LoRA rank {st['lora_rank']}, alpha {2 * st['lora_rank']}, on {', '.join(st['lora_targets'])} "
+               "(TRL: peft on the same projections), reference = the base without adapters" if st["lora_rank"]
+               else "; reference on the fly (a frozen copy)")
+            + f". {st['rounds']} rounds × {st['steps_per_round']} timed steps after {st['warmup_steps']} warm-up "
+            f"steps; matmul peak median {case['matmul_peak_gflops_f32']:.0f} GFLOP/s.",
             "",
+            "| method | s/step median (min–max) | logical tokens/s | FLOPs/step | GFLOP/s | MFU |",
+            "|---|---|---|---|---|---|",
         ]
-    agree = payload["loss_agreement"]
-    if agree:
-        lines += [
-            "Loss agreement (same weights, same batch, identical AdamW steps from step 0; at step 0 the policy is the "
-            "reference, so the loss is log 2 by construction and the log-probs are the real check):",
-            "",
-            "| step | metapl loss | TRL loss | abs diff |",
-            "|---|---|---|---|",
-            *[f"| {i} | {a:.6f} | {b:.6f} | {d:.2e} |" for i, (a, b, d) in
-              enumerate(zip(agree["metapl_losses"], agree["trl_losses"], agree["abs_diff"]))],
-            "",
-            f"Step 0 mean summed response log-prob, chosen: metapl {agree['step0_metapl_chosen_logp']:.4f}, TRL "
-            f"{agree['step0_trl_chosen_logp']:.4f}; rejected: metapl {agree['step0_metapl_rejected_logp']:.4f}, TRL "
-            f"{agree['step0_trl_rejected_logp']:.4f}.",
-            "",
-        ]
-    bd = payload["metapl_dpo_breakdown_seconds"]
-    if bd:
-        lines += ["metapl DPO step, parts compiled and timed separately (median s):", "",
-                  "| part | s |", "|---|---|", *[f"| {k} | {v['median']:.2f} |" for k, v in bd.items()], ""]
+        for name in case["order"]:
+            r = res[name]
+            s = r["seconds_per_step"]
+            lines.append(f"| {r['label']} | {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) | "
+                         f"{r['tokens_per_s']:.0f} | {r['flops_per_step'] / 1e12:.2f} T = {r['flop_formula']} | "
+                         f"{r['achieved_gflops']:.1f} | {100 * r['mfu']:.1f}% |")
+        lines.append("")
+        ratio = case["dpo_speedup_over_trl"]
+        if ratio:
+            target = case.get("target")
+            verdict = ""
+            if target:
+                verdict = (f" Target ≥ {target}x: **{'met' if ratio['metapl_dpo_shared'] >= target else 'NOT met'}**.")
+            lines += [f"**metapl DPO / TRL, tokens per second: shared prefix {ratio['metapl_dpo_shared']:.2f}x, one "
+                      f"row per sequence {ratio['metapl_dpo_rows']:.2f}x.**{verdict}", ""]
+        first = case["first_steps"]
+        lines += ["First steps (same weights and batch on every side; step 0 is at the reference, so its loss is "
+                  "log 2 and the log-probs are the check):", "",
+                  "| method | step | loss | mean chosen log-prob | mean rejected log-prob |", "|---|---|---|---|---|"]
+        for name, steps in first.items():
+            lines += [f"| {LABELS[name]} | {i} | {m['loss']:.6f} | {m['chosen_logp']:.4f} | {m['rejected_logp']:.4f} |"
+                      for i, m in enumerate(steps)]
+        lines.append("")
+        if st["lora_rank"]:
+            lines += ["With LoRA the adapters' A matrices start from each library's own random draw, so only step "
+                      "0 is comparable across sides.", ""]
+        ro = case.get("rollout")
+        if ro:
+            su = ro["setup"]
+            lines += [
+                f"RLOO rollout, {su['prompts']} prompts × k = {su['k']} samples of {su['new_tokens']} tokens "
+                f"(prompt {su['prompt_tokens']} tokens), then the policy and reference log-probs of every sampled "
+                "token (median seconds over the rounds):", "",
+                "| layout | sampling | scoring | total |", "|---|---|---|---|",
+                f"| one row per sample | {ro['rows']['sample']:.2f} | {ro['rows']['score']:.2f} | "
+                f"{ro['rows']['total']:.2f} |",
+                f"| prompt prefilled once, scored with the shared prefix | {ro['shared']['sample']:.2f} | "
+                f"{ro['shared']['score']:.2f} | {ro['shared']['total']:.2f} |", "",
+                f"**Shared / rows: {ro['shared_over_rows']:.2f}x the time** (target ≤ 0.7x: "
+                f"{'met' if ro['shared_over_rows'] <= 0.7 else 'NOT met'}).", "",
+            ]
     lines += [f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
 

@@ -71,9 +71,11 @@ def _unshared_token_logprobs(params, config, prompts, responses, lora=None):
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("use_lora", [False, True])
+# Each family with both prompt paddings, and LoRA on and off, in six cases (not all twelve: each compiles).
+@pytest.mark.parametrize("family, side, use_lora", [
+    ("llama", "left", False), ("llama", "right", True), ("qwen2", "right", False), ("qwen2", "left", True),
+    ("gpt2", "left", True), ("gpt2", "right", False),
+])
 def test_logprobs_equal_separate_rows(family, side, use_lora, rng):
     config = _lora_config(family) if use_lora else tiny(family)
     params = init_params(config, jax.random.key(0))
@@ -99,8 +101,7 @@ def test_packed_row_layout():
     np.testing.assert_array_equal(row["attention_mask"][0], [0, 0, 1, 1, 1, 1, 0, 1, 0, 0])
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("use_lora", [False, True])
+@pytest.mark.parametrize("family, use_lora", [("llama", False), ("gpt2", True)])
 def test_rewards_and_values_equal_separate_rows(family, use_lora, rng):
     config = _lora_config(family) if use_lora else tiny(family)
     head_model = init_head_params(config, jax.random.key(0))
@@ -121,8 +122,7 @@ def test_rewards_and_values_equal_separate_rows(family, use_lora, rng):
             i += 1
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
-@pytest.mark.parametrize("use_lora", [False, True])
+@pytest.mark.parametrize("family, use_lora", [("llama", True), ("qwen2", False), ("gpt2", True)])
 def test_gradients_equal_separate_rows(family, use_lora, rng):
     config = _lora_config(family) if use_lora else tiny(family)
     params = init_params(config, jax.random.key(0))
@@ -166,7 +166,7 @@ def test_float64_gradient_equals_separate_rows(rng):
         jax.config.update("jax_enable_x64", False)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["none", "full"])  # against the default, "dots"
 def test_remat_gives_the_same_logprobs_and_gradient(remat, rng):
     config = tiny("llama")
     params = init_params(config, jax.random.key(0))
