@@ -58,10 +58,11 @@ def setup_meta(cfg: MetaRun) -> Setup:
                                max_response_tokens=cfg.data.max_response_tokens,
                                key=stream_key(cfg.seed, "reference_samples"), mesh=run_mesh(cfg.mesh))
     sampler = EpisodeSampler(pool, bench.train_pairs, episode_cfg)
-    loader = pair_loader(bench.train_pairs, bench, episode_cfg.query_pairs, cfg.seed)
+    loader = pair_loader(bench.train_pairs, bench, episode_cfg.query_pairs, cfg.seed, cfg.model.shared_prefix)
     pair_index = {id(p): i for i, p in enumerate(bench.train_pairs)}
     batches = EpisodeBatches(sampler, samples, loader, pair_index, cfg.data.max_prompt_tokens)
-    onpolicy = {"max_new_tokens": cfg.data.max_response_tokens, "eos_id": bench.eos_id, "pad_id": bench.pad_id}
+    onpolicy = {"max_new_tokens": cfg.data.max_response_tokens, "eos_id": bench.eos_id, "pad_id": bench.pad_id,
+                "shared_prefix": cfg.model.shared_prefix}
     episode_key = stream_key(cfg.seed, "episodes")
     if cfg.mesh.data > 1:  # the episode's domains split over the data axis, meta-gradients averaged by pmean
         meta_fn = functools.partial(meta_objective_over_shards, mesh=run_mesh(cfg.mesh))

@@ -195,7 +195,8 @@ def setup_tree_rm(cfg: TreeRMRun) -> Setup:
     evaluate_pairs = pair_evaluator(lambda t, f, b: preference.rm_objective(t, b, config=config), bench, cfg)
     comparisons = sum(len(t.comparisons) for t in trees)
     pairs_per_tree = cfg.tree.pairs_per_tree or max_leaves * (max_leaves - 1) // 2
-    batches = TreeBatches(trees, bench, cfg.data.batch_size, cfg.seed, max_leaves, pairs_per_tree)
+    batches = TreeBatches(trees, bench, cfg.data.batch_size, cfg.seed, max_leaves, pairs_per_tree,
+                          cfg.model.shared_prefix)
     return Setup(params, None, objective, batches, lambda t, f: _rm_metrics(evaluate_pairs(t, f)),
                  f"{len(trees)} trees, {comparisons} comparisons ({grown.stats.summary()}), "
                  f"{len(bench.eval_pairs)} eval pairs", info={"trees": len(trees), "comparisons": comparisons})

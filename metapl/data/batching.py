@@ -366,23 +366,33 @@ class PairLoader:
 
 def tree_arrays(trees, encode: Encode, shape: SequenceShape, *, eos_id: int | None, pad_id: int,
                 stats: TruncationStats, num_sequences: int | None = None, num_pairs: int | None = None,
-                length: int | None = None) -> dict[str, np.ndarray]:
+                length: int | None = None, leaves_per_tree: int | None = None) -> dict[str, np.ndarray]:
     """A tree reward-model batch: each distinct (prompt, leaf response) sequence once, and index pairs into them.
 
     Returns tokens, attention_mask, response_mask [S, L]; chosen_index, rejected_index, pair_mask [P].
     S and P are padded to num_sequences / num_pairs (fixed shapes) when given.
+
+    With `leaves_per_tree` = M, the shared-prefix layout instead (`metapl.models.shared_prefix`): each tree's
+    prompt once, prompt_tokens, prompt_mask [T, max_prompt_tokens] (left-padded; T = num_sequences / M trees),
+    its distinct leaves after it, response_tokens, response_mask [T, M, max_response_tokens + EOS]; the indices
+    point into the T·M leaf slots.
     """
-    index: dict[tuple[str, str], int] = {}
+    index: dict[tuple, int] = {}
     encoded: list[Encoded] = []
     chosen, rejected = [], []
-    for tree in trees:
+    for t, tree in enumerate(trees):
         prompt = encode(tree.prompt)
         for c in tree.comparisons:
             pair = []
             for leaf in (c.chosen, c.rejected):
-                key = (tree.prompt, tree.response(leaf))
+                key = (tree.prompt, tree.response(leaf)) if leaves_per_tree is None else (t, tree.response(leaf))
                 if key not in index:
-                    index[key] = len(encoded)
+                    if leaves_per_tree is not None:
+                        if sum(k[0] == t for k in index) == leaves_per_tree:
+                            raise DataError(f"tree {t} has more than {leaves_per_tree} distinct leaves")
+                        index[key] = t * leaves_per_tree + sum(k[0] == t for k in index)
+                    else:
+                        index[key] = len(encoded)
                     encoded.append(encode_sequence(prompt, encode(key[1]), shape, eos_id, stats))
                 pair.append(index[key])
             chosen.append(pair[0])
@@ -391,11 +401,33 @@ def tree_arrays(trees, encode: Encode, shape: SequenceShape, *, eos_id: int | No
     if len(encoded) > s or len(chosen) > p:
         raise DataError(f"the trees hold {len(encoded)} distinct sequences and {len(chosen)} pairs; the batch has "
                         f"room for {s} and {p}")
+    pad = p - len(chosen)
+    pairs = {"chosen_index": np.asarray(chosen + [0] * pad, np.int32),
+             "rejected_index": np.asarray(rejected + [0] * pad, np.int32),
+             "pair_mask": np.asarray([1] * len(chosen) + [0] * pad, np.float32)}
+    if leaves_per_tree is not None:
+        return dict(pairs, **_tree_leaves(encoded, list(index.values()), s // leaves_per_tree, leaves_per_tree,
+                                          shape, pad_id))
     dummy = Encoded([pad_id], 0)
     seqs = collate(encoded + [dummy] * (s - len(encoded)),
                    length or shape.bucket(max(len(e.ids) for e in encoded)), pad_id)
-    pad = p - len(chosen)
-    return {"tokens": seqs.tokens, "attention_mask": seqs.attention_mask, "response_mask": seqs.response_mask,
-            "chosen_index": np.asarray(chosen + [0] * pad, np.int32),
-            "rejected_index": np.asarray(rejected + [0] * pad, np.int32),
-            "pair_mask": np.asarray([1] * len(chosen) + [0] * pad, np.float32)}
+    return dict(pairs, tokens=seqs.tokens, attention_mask=seqs.attention_mask, response_mask=seqs.response_mask)
+
+
+def _tree_leaves(encoded: list[Encoded], slots: list[int], trees: int, leaves: int, shape: SequenceShape,
+                 pad_id: int) -> dict[str, np.ndarray]:
+    """Encoded (prompt ⊕ leaf) sequences placed in their leaf slots of the shared-prefix layout."""
+    tp, r = shape.max_prompt_tokens, shape.max_response_tokens + int(shape.append_eos)
+    prompt = np.full((trees, tp), pad_id, np.int32)
+    prompt_mask = np.zeros((trees, tp), bool)
+    response = np.full((trees * leaves, r), pad_id, np.int32)
+    response_mask = np.zeros((trees * leaves, r), bool)
+    for (ids, n), slot in zip(encoded, slots):
+        t = slot // leaves
+        prompt[t, tp - n:], prompt_mask[t, tp - n:] = ids[:n], True
+        y = ids[n:]
+        response[slot, : len(y)], response_mask[slot, : len(y)] = y, True
+    prompt_mask[~prompt_mask.any(axis=1), -1] = True  # a padding tree: one pad token as its prompt
+    return {"prompt_tokens": prompt, "prompt_mask": prompt_mask,
+            "response_tokens": response.reshape(trees, leaves, r),
+            "response_mask": response_mask.reshape(trees, leaves, r)}

@@ -228,9 +228,13 @@ def tree_rm_objective(
 ) -> tuple[jax.Array, dict]:
     """Bradley–Terry on leaf pairs of preference trees, each distinct leaf sequence scored once.
 
-    batch: tokens, attention_mask [S, T] (the distinct sequences); chosen_index, rejected_index [P] (into S);
-    pair_mask [P] (1 for real pairs, 0 for padding pairs).
+    batch: tokens, attention_mask [S, T] (the distinct sequences), or in the shared-prefix layout each tree's
+    prompt once (prompt_tokens, prompt_mask [N, Tp]) with its S/N leaf slots (response_tokens, response_mask
+    [N, S/N, R]); chosen_index, rejected_index [P] (into S); pair_mask [P] (1 for real pairs, 0 for padding).
     """
-    r = reward(params, config, batch["tokens"], batch["attention_mask"], lora=lora)
+    if is_shared_prefix(batch):
+        r = continuation_rewards(params, config, *shared_inputs(batch), lora=lora).reshape(-1)
+    else:
+        r = reward(params, config, batch["tokens"], batch["attention_mask"], lora=lora)
     return bradley_terry_loss(r[batch["chosen_index"]], r[batch["rejected_index"]], centering=centering,
                               weights=batch["pair_mask"].astype(r.dtype))

@@ -54,25 +54,40 @@ def sample_reference(params: Any, config: ModelConfig, prompts: list[PromptExamp
     return ReferenceSamples(prompts, arrays, row)
 
 
+def shared_support(support: dict, prompt_tokens: int) -> dict:
+    """Reference samples [..., N, T] whose first `prompt_tokens` columns are the (left-padded) prompt, in the
+    shared-prefix layout (`metapl.models.shared_prefix`): prompt_tokens, prompt_mask [..., prompt_tokens] and
+    response_tokens, response_mask [..., N, T − prompt_tokens]. Works on numpy and jax arrays, under jit."""
+    return {"prompt_tokens": support["tokens"][..., 0, :prompt_tokens],
+            "prompt_mask": support["attention_mask"][..., 0, :prompt_tokens],
+            "response_tokens": support["tokens"][..., prompt_tokens:],
+            "response_mask": support["response_mask"][..., prompt_tokens:]}
+
+
 class EpisodeBatches:
     """Episode i as arrays: support {tokens, attention_mask, response_mask} [E, P, N, T] (reference samples of
-    the support prompts) and query pairs [E, Q, L]. Its position is the episode index."""
+    the support prompts) with their prompts [E, P, Tp], and query pairs [E, Q, L]; or, with the loader's
+    `shared_prefix`, both in the shared-prefix layout (`shared_support`; query pairs as
+    `PairLoader.arrays_at`). Its position is the episode index."""
 
     def __init__(self, sampler: EpisodeSampler, samples: ReferenceSamples, pair_loader, pair_index: dict,
                  prompt_tokens: int):
         self.sampler, self.samples, self.loader, self.pair_index = sampler, samples, pair_loader, pair_index
         self.prompt_tokens = prompt_tokens
+        self.shared_prefix = getattr(pair_loader, "shared_prefix", False)
 
     def batch(self, index: int) -> dict:
         ep = self.sampler.episode(index)
         rows = np.asarray([[self.samples.row[(p.domain, p.prompt)] for p in prompts] for prompts in ep.support])
         support = {k: jnp.asarray(v[rows]) for k, v in self.samples.arrays.items()}
-        # The prompts themselves (left-padded; every sample of a prompt starts with it), for on-policy sampling.
-        support["prompt_tokens"] = support["tokens"][:, :, 0, : self.prompt_tokens]
-        support["prompt_mask"] = support["attention_mask"][:, :, 0, : self.prompt_tokens]
+        shared = shared_support(support, self.prompt_tokens)
+        if self.shared_prefix:
+            support = shared
+        else:  # the prompts themselves (every sample of a prompt starts with it), for on-policy sampling
+            support.update(prompt_tokens=shared["prompt_tokens"], prompt_mask=shared["prompt_mask"])
         query = []
         for pairs in ep.query:
-            arrays = self.loader.batch_at([self.pair_index[id(p)] for p in pairs]).arrays()
+            arrays = self.loader.arrays_at([self.pair_index[id(p)] for p in pairs])
             query.append({k: v for k, v in arrays.items() if k not in ("domain", "gold_margin")})
         query = {k: jnp.asarray(np.stack([q[k] for q in query])) for k in query[0]}
         return {"support": support, "query": query, "episode": jnp.asarray(index, jnp.int32)}
@@ -92,4 +107,4 @@ class EpisodeBatches:
         self.sampler.load_state_dict(state)
 
 
-__all__ = ["EpisodeBatches", "ReferenceSamples", "sample_reference"]
+__all__ = ["EpisodeBatches", "ReferenceSamples", "sample_reference", "shared_support"]

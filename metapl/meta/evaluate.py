@@ -41,6 +41,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
 from metapl.keys import stream_key
+from metapl.meta.episodes import shared_support
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import pair_rewards, policy_logprobs, reward_function, sample_rewards
 from metapl.meta.parameters import meta_parameters
@@ -198,6 +199,7 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         return jax.tree.map(lambda v: v.reshape(d, p, n, -1), out)
 
     names, tp = list(domains), spec.max_prompt_tokens
+    shared_prefix = restored.cfg.model.shared_prefix
 
     def gold_rewards(chunk, support):  # the gold judge's scores of the support samples [D, P, N]
         support = to_host(support)
@@ -216,9 +218,10 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         tokens, mask = spread(prompt_batch(bench, [[x for x in domains[name][0][:p] for _ in range(n)]
                                                     for name in chunk]))
         support = sample_support(frozen, tokens, mask, keys)
+        scored = shared_support(support, tp) if shared_prefix else support  # each prompt once for its N samples
         rewards = spread(gold_rewards(chunk, support)) if test.reward == "gold" else \
-            model_rewards(phi, frozen, support)
-        thetas, losses = adapt_chunk(rewards, frozen, support)
+            model_rewards(phi, frozen, scored)
+        thetas, losses = adapt_chunk(rewards, frozen, scored)
         tokens, mask = spread(prompt_batch(bench, [domains[name][0][p:] for name in chunk]))
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         samples = {"adapted": sample_chunk(thetas, frozen["base"], tokens, mask, eval_keys),

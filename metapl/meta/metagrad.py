@@ -30,7 +30,7 @@ from metapl.bilevel import (
     BilevelProblem, Implicit, Strategy, Unrolled, outer_objective, strategy_from_method, tree_vdot,
 )
 from metapl.config import number
-from metapl.losses.preference import reference_logprobs
+from metapl.losses.preference import is_shared_prefix, reference_logprobs
 from metapl.meta.objectives import (
     RewardFn, agreement_outer_loss, onpolicy_inner_grad, projected_inner_loss, reward_pair_loss, sample_rewards,
 )
@@ -117,8 +117,10 @@ def domain_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params | N
 def onpolicy_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params | None, theta0: Params,
                      reward_fn: RewardFn, onpolicy: dict | None) -> BilevelProblem:
     """The per-domain bilevel problem of the on-policy solver, meta-parameter = φ."""
-    if not onpolicy or set(onpolicy) != {"max_new_tokens", "eos_id", "pad_id"}:
-        raise ValueError("the on-policy solver needs onpolicy={'max_new_tokens', 'eos_id', 'pad_id'}")
+    if not onpolicy or not {"max_new_tokens", "eos_id", "pad_id"} <= set(onpolicy) <= {
+            "max_new_tokens", "eos_id", "pad_id", "shared_prefix"}:
+        raise ValueError("the on-policy solver needs onpolicy={'max_new_tokens', 'eos_id', 'pad_id'} (and optionally "
+                         "'shared_prefix')")
     inner_grad = functools.partial(onpolicy_inner_grad, config=policy_config, base=base, theta0=theta0,
                                    reward_fn=reward_fn, beta=cfg.beta, samples=cfg.onpolicy_samples, prox=cfg.prox,
                                    **onpolicy)
@@ -128,11 +130,14 @@ def onpolicy_problem(cfg: MetaConfig, policy_config: ModelConfig, base: Params |
 
 
 def with_reference_logprobs(theta0: Params, base: Params | None, config: ModelConfig, query: dict) -> dict:
-    """The query pairs [..., Q, T] with ref_chosen_logps / ref_rejected_logps [..., Q] under θ₀ (no gradient):
+    """The query pairs [..., Q, T] (or in the shared-prefix layout: prompts [..., Q, Tp], responses
+    [..., Q, 2, R]) with ref_chosen_logps / ref_rejected_logps [..., Q] under θ₀ (no gradient):
     `losses.preference.reference_logprobs` over the leading axes flattened."""
-    lead, t = query["chosen_tokens"].shape[:-1], query["chosen_tokens"].shape[-1]
-    flat = {f"{side}_{k}": query[f"{side}_{k}"].reshape(-1, t) for side in ("chosen", "rejected")
-            for k in ("tokens", "attention_mask", "response_mask")}
+    inputs = (("prompt_tokens", "prompt_mask", "response_tokens", "response_mask") if is_shared_prefix(query) else
+              tuple(f"{side}_{k}" for side in ("chosen", "rejected")
+                    for k in ("tokens", "attention_mask", "response_mask")))
+    lead = query[inputs[0]].shape[:-1]
+    flat = {k: query[k].reshape(-1, *query[k].shape[len(lead):]) for k in inputs}
     params, lora = Policy(config).weights(theta0, base)
     ref = reference_logprobs(params, config, flat, lora=lora)
     return dict(query, **{k: jax.lax.stop_gradient(v.reshape(lead)) for k, v in ref.items()})
@@ -164,7 +169,7 @@ def _domains(phi: Params, theta0: Params, base: Params | None, support: dict, qu
         return losses, aux, rewards
     if key is None:
         raise ValueError("the on-policy solver needs a PRNG key")
-    e = support["tokens"].shape[0]
+    e = support["prompt_tokens"].shape[0]
     problem = onpolicy_problem(cfg, policy_config, base, theta0, reward_fn, onpolicy)
     keys = jax.vmap(lambda k: jax.random.split(k, cfg.inner_steps))(domain_keys(key, e))  # [E, K] keys
     every_step = lambda x: jnp.broadcast_to(x[:, None], (e, cfg.inner_steps, *x.shape[1:]))  # noqa: E731
@@ -261,7 +266,7 @@ def meta_objective_over_shards(phi: Params, theta0: Params, base: Params | None,
     key is split into the E domains' keys before the split over shards, so every domain draws the samples it draws
     on one device. Call it under `jax.jit`; keyword arguments are `meta_objective`'s.
     """
-    n, e = mesh.shape[axis], support["tokens"].shape[0]
+    n, e = mesh.shape[axis], jax.tree.leaves(support)[0].shape[0]  # E, whatever the layout
     if e % n:
         raise ValueError(f"an episode of {e} domains does not split over mesh axis {axis!r} of size {n}")
 

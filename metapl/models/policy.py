@@ -25,6 +25,7 @@ from metapl.models.config import ModelConfig
 from metapl.models.heads import init_head_params, reward
 from metapl.models.logprobs import sequence_logprobs
 from metapl.models.lora import init_lora
+from metapl.models.shared_prefix import continuation_rewards, response_logprobs
 
 Params = Any
 
@@ -62,6 +63,14 @@ class Policy:
         return sequence_logprobs(params, self.config, tokens, response_mask, attention_mask=attention_mask,
                                  lora=lora)[1]
 
+    def continuation_logprobs(self, trainable: Params, frozen: Params | None, prompt_tokens: jax.Array,
+                              prompt_mask: jax.Array, response_tokens: jax.Array, response_mask: jax.Array
+                              ) -> jax.Array:
+        """Summed log-probs [B, K] of K continuations of each prompt [B, P] (`models.shared_prefix` layout)."""
+        params, lora = self.weights(trainable, frozen)
+        return response_logprobs(params, self.config, prompt_tokens, prompt_mask, response_tokens, response_mask,
+                                 lora=lora)
+
 
 @dataclasses.dataclass(frozen=True)
 class RewardModel:
@@ -85,6 +94,15 @@ class RewardModel:
         if frozen is None:
             return reward(phi, self.config, tokens, attention_mask)
         return reward(dict(frozen, head=phi["head"]), self.config, tokens, attention_mask, lora=phi["lora"])
+
+    def score_continuations(self, phi: Params, frozen: Params | None, prompt_tokens: jax.Array,
+                            prompt_mask: jax.Array, response_tokens: jax.Array, response_mask: jax.Array
+                            ) -> jax.Array:
+        """r_φ [B, K] of K continuations of each prompt [B, P] (`models.shared_prefix` layout)."""
+        args = (prompt_tokens, prompt_mask, response_tokens, response_mask)
+        if frozen is None:
+            return continuation_rewards(phi, self.config, *args)
+        return continuation_rewards(dict(frozen, head=phi["head"]), self.config, *args, lora=phi["lora"])
 
 
 __all__ = ["Policy", "RewardModel"]

@@ -112,8 +112,10 @@ class TreeBatches:
     """Shuffled batches of preference trees as fixed-shape tree reward-model arrays: `batch_size` trees, their
     distinct leaf sequences padded to `max_leaves` per tree and their comparisons to `pairs_per_tree`."""
 
-    def __init__(self, trees, bench: Benchmark, batch_size: int, seed: int, max_leaves: int, pairs_per_tree: int):
+    def __init__(self, trees, bench: Benchmark, batch_size: int, seed: int, max_leaves: int, pairs_per_tree: int,
+                 shared_prefix: bool = False):
         self.trees, self.bench = trees, bench
+        self.leaves_per_tree = max_leaves if shared_prefix else None  # each tree's prompt once before its leaves
         self.shape = pair_shape(bench)
         self.sizes = (batch_size * max_leaves, batch_size * pairs_per_tree)
         self.order = ShuffledBatches(len(trees), batch_size, seed)
@@ -125,7 +127,8 @@ class TreeBatches:
     def __next__(self) -> dict:
         arrays = tree_arrays([self.trees[i] for i in next(self.order)], self.bench.encode, self.shape,
                              eos_id=self.bench.eos_id, pad_id=self.bench.pad_id, stats=self.truncation,
-                             num_sequences=self.sizes[0], num_pairs=self.sizes[1], length=self.shape.buckets[0])
+                             num_sequences=self.sizes[0], num_pairs=self.sizes[1], length=self.shape.buckets[0],
+                             leaves_per_tree=self.leaves_per_tree)
         return {k: jnp.asarray(v) for k, v in arrays.items()}
 
     def state_dict(self) -> dict:

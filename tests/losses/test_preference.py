@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from metapl.data.batching import PairLoader, SequenceShape, TruncationStats, tree_arrays
+from metapl.data import DataError
 from metapl.data.schemas import PreferencePair, PreferenceTree
 from metapl.data.synthetic import WordTokenizer
 from metapl.losses.preference import (
@@ -173,3 +174,13 @@ def test_tree_rm_scores_each_distinct_sequence_once_and_equals_pairwise_bt():
     diffs = np.asarray([score(p, a) - score(p, b) for p, a, b in texts])
     np.testing.assert_allclose(loss, np.mean(-np_log_sigmoid(diffs)), rtol=1e-5)
     np.testing.assert_allclose(metrics["accuracy"], np.mean(diffs > 0))
+    # the shared-prefix layout: each tree's prompt once before its leaf slots (3 trees' room, 3 leaves each)
+    shared = tree_arrays(trees, TOK.encode, shape, eos_id=TOK.eos_token_id, pad_id=0, stats=TruncationStats(),
+                         num_sequences=9, num_pairs=4, leaves_per_tree=3)
+    assert shared["response_tokens"].shape == (3, 3, 9) and shared["prompt_tokens"].shape == (3, 8)
+    assert shared["chosen_index"].tolist()[:3] == [0, 1, 3] and shared["rejected_index"].tolist()[:3] == [1, 2, 4]
+    loss_shared, _ = tree_rm_objective(params, {k: jnp.asarray(v) for k, v in shared.items()}, config=config)
+    np.testing.assert_allclose(loss_shared, np.mean(-np_log_sigmoid(diffs)), rtol=1e-5)
+    with pytest.raises(DataError, match="tree 0 has more than 2 distinct leaves"):
+        tree_arrays(trees, TOK.encode, shape, eos_id=TOK.eos_token_id, pad_id=0, stats=TruncationStats(),
+                    leaves_per_tree=2)

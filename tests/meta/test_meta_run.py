@@ -148,3 +148,25 @@ def test_a_broken_down_linear_solve_is_warned_in_the_run_log(tmp_path, capsys):
     assert "linear solve broke down" in err, err
     rows = read_metrics(tmp_path / "implicit", "train")
     assert rows[-1]["solver_breakdown"] == 1.0 and rows[-1]["solver_iterations"] < 20
+
+
+def test_shared_prefix_switch_gives_the_same_meta_run_and_meta_test(tmp_path):
+    """model.shared_prefix on and off: the same meta-training (support samples, query pairs and their rewards in
+    either layout) and the same meta-test of the result, to float tolerance."""
+    from metapl.runs import MetaTestConfig, meta_test
+
+    runs = {flag: _run(tmp_path, f"shared_{flag}", ["steps=4", f"model.shared_prefix={flag}"])[0]
+            for flag in ("true", "false")}
+    a, b = (read_metrics(runs[f], "train") for f in ("true", "false"))
+    for key in ("outer_loss", "grad_norm", "inner_loss_first", "inner_loss_last", "reward_std"):
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-4), key
+    test = MetaTestConfig(prompts=2, eval_prompts=4, samples_per_prompt=2, bootstrap=200)
+    shared, rows = (meta_test(runs[f], "heldout", test, write=False, progress=False) for f in ("true", "false"))
+    for x, y in zip(shared["per_domain"], rows["per_domain"]):
+        for key in ("gold_adapted", "inner_loss_last", "rm_pair_accuracy"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), (x["domain"], key)
+    from metapl.train.spec import algorithm, load_run_config  # the switch reaches the episodes
+
+    for flag in (True, False):
+        episode = next(algorithm("meta").setup(load_run_config(None, TINY + [f"model.shared_prefix={flag}"])).batches)
+        assert ("response_tokens" in episode["support"]) == ("response_tokens" in episode["query"]) == flag

@@ -14,7 +14,8 @@ import pytest
 from metapl.bilevel import Adjoint, FirstOrder, Implicit, Unrolled, hypergradient, tree_vdot
 from metapl.meta import (
     MetaConfig, agreement_outer_loss, domain_keys, domain_problem, meta_gradient, meta_objective, onpolicy_problem,
-    policy_logprobs, projected_inner_loss, reward_function, reward_pair_loss, sample_rewards, with_reference_logprobs,
+    policy_logprobs, projected_inner_loss, reward_function, reward_pair_loss, sample_rewards, shared_support,
+    with_reference_logprobs,
 )
 from metapl.models import LoraConfig, init_head_params, init_lora, init_params, tiny
 from tests.finite_diff import x64
@@ -305,3 +306,34 @@ def test_onpolicy_meta_objective_gradient_is_the_mean_of_the_domains_hypergradie
             parts.append(one_domain(phi, steps, jax.tree.map(lambda x, i=i: x[i], queries)))
         want = jax.tree.map(lambda *xs: sum(xs) / E, *parts)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14), dphi, want)
+
+
+def shared_layout(support, query):
+    """The same support samples and query pairs in the shared-prefix layout (each prompt once)."""
+    tp = T - RESPONSE
+    both = lambda k: jnp.stack([query[f"chosen_{k}"][..., tp:], query[f"rejected_{k}"][..., tp:]], axis=-2)  # noqa: E731
+    return shared_support(support, tp), {
+        "prompt_tokens": query["chosen_tokens"][..., :tp], "prompt_mask": query["chosen_attention_mask"][..., :tp],
+        "response_tokens": both("tokens"), "response_mask": both("response_mask")}
+
+
+@pytest.mark.parametrize("solver", ["projected", pytest.param("onpolicy", marks=pytest.mark.slow)])
+def test_shared_prefix_layout_gives_the_same_meta_gradient(solver):
+    """The meta loss and its gradient with support samples and query pairs in the shared-prefix layout (and, on
+    policy, each prompt prefilled once for its samples) equal those of one row per sequence, in float64."""
+    with x64():
+        cfg = MetaConfig(beta=0.5, beta_out=1.0, inner_steps=2, inner_lr=0.5, inner_solver=solver,
+                         onpolicy_samples=2, bt_weight=0.3)
+        pcfg, rcfg, base, theta0, phi, support, query = setup()
+        tp = T - RESPONSE  # as sampled: the N samples of a prompt start with that prompt
+        support = dict(support, tokens=support["tokens"].at[..., :tp].set(support["tokens"][..., :1, :tp]))
+        shared_support_, shared_query = shared_layout(support, query)
+        kwargs = dict(cfg=cfg, policy_config=pcfg, reward_fn=reward_function(rcfg), key=jax.random.PRNGKey(3))
+        loss_rows, d_rows, m_rows = meta_gradient(phi, theta0, base, with_prompts(support), query,
+                                                  onpolicy=ONPOLICY, **kwargs)
+        loss_shared, d_shared, m_shared = meta_gradient(phi, theta0, base, shared_support_, shared_query,
+                                                        onpolicy=dict(ONPOLICY, shared_prefix=True), **kwargs)
+        np.testing.assert_allclose(loss_shared, loss_rows, rtol=1e-10)
+        np.testing.assert_allclose(m_shared["query_accuracy"], m_rows["query_accuracy"])
+        assert float(jnp.sqrt(tree_vdot(d_rows, d_rows))) > 0
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-13), d_shared, d_rows)

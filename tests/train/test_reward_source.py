@@ -45,7 +45,11 @@ def test_rollouts_are_rewarded_by_the_reward_model(rm_run, algo):
     prompts = [rollouts.prompts[i] for i in next(copy.deepcopy(rollouts.order)) for _ in range(rollouts.k)]
     batch = Rollouts.__next__(rollouts)  # the scored samples (PPO's own step turns them into advantages)
     bench, tp = rollouts.bench, rollouts.cfg.data.max_prompt_tokens
-    tokens, mask = np.asarray(batch["tokens"])[:, tp:], np.asarray(batch["response_mask"])[:, tp:]
+    if "response_tokens" in batch:  # RLOO's shared-prefix layout: [prompts, k, R], prompt-major like the rows
+        r = batch["response_tokens"].shape[-1]
+        tokens, mask = (np.asarray(batch[k]).reshape(-1, r) for k in ("response_tokens", "response_mask"))
+    else:
+        tokens, mask = np.asarray(batch["tokens"])[:, tp:], np.asarray(batch["response_mask"])[:, tp:]
     responses = [bench.decode([int(t) for t, k in zip(row, keep) if k and int(t) != bench.eos_id])
                  for row, keep in zip(tokens, mask)]
     assert not np.allclose(batch["rewards"], bench.gold_scores(prompts, tokens, mask))  # not the gold judge's

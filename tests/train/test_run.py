@@ -130,7 +130,7 @@ def test_ppo_raises_the_gold_reward(tmp_path):
     assert 0 <= read_metrics(run_dir, "train")[-1]["clip_fraction"] <= 1
 
 
-@pytest.mark.parametrize("algo", ["rm", "dpo", "rloo", "srpo"])  # IPO shares DPO's path, the tree RM the RM's
+@pytest.mark.parametrize("algo", ["rm", "dpo", "tree-rm", "rloo", "srpo"])  # IPO shares DPO's path
 def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
     """model.shared_prefix (each prompt computed once for both responses) on and off: the same run to float
     tolerance, losses and evaluation metrics alike."""
@@ -139,12 +139,11 @@ def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
 
     common = [f"algo={algo}", "steps=20", "eval_every=20", "model.hidden_size=16", "model.num_layers=1",
               "data.synthetic.pairs_per_domain=16"]
-    if algo in ("rm", "dpo", "rloo", "srpo"):  # the switch reaches the batches (not a comparison of a run with itself)
-        for flag in (True, False):
-            setup = algorithm(algo).setup(load_run_config(None, SMALL + common + [f"model.shared_prefix={flag}"]))
-            if algo == "rloo":
-                setup.batches.set_params(setup.trainable)
-            assert ("response_tokens" in next(setup.batches)) == flag
+    for flag in (True, False):  # the switch reaches the batches (so this is not a comparison of a run with itself)
+        setup = algorithm(algo).setup(load_run_config(None, SMALL + common + [f"model.shared_prefix={flag}"]))
+        if algo == "rloo":
+            setup.batches.set_params(setup.trainable)
+        assert ("response_tokens" in next(setup.batches)) == flag
     shared, final_shared = _run(tmp_path, "shared", common + ["model.shared_prefix=true"])
     rows, final_rows = _run(tmp_path, "rows", common + ["model.shared_prefix=false"])
     for a, b in zip(read_metrics(shared, "train"), read_metrics(rows, "train"), strict=True):
