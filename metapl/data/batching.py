@@ -382,17 +382,18 @@ def tree_arrays(trees, encode: Encode, shape: SequenceShape, *, eos_id: int | No
     chosen, rejected = [], []
     for t, tree in enumerate(trees):
         prompt = encode(tree.prompt)
+        leaves = 0  # distinct leaves of this tree so far
         for c in tree.comparisons:
             pair = []
             for leaf in (c.chosen, c.rejected):
                 key = (tree.prompt, tree.response(leaf)) if leaves_per_tree is None else (t, tree.response(leaf))
                 if key not in index:
-                    if leaves_per_tree is not None:
-                        if sum(k[0] == t for k in index) == leaves_per_tree:
-                            raise DataError(f"tree {t} has more than {leaves_per_tree} distinct leaves")
-                        index[key] = t * leaves_per_tree + sum(k[0] == t for k in index)
-                    else:
+                    if leaves_per_tree is None:
                         index[key] = len(encoded)
+                    elif leaves == leaves_per_tree:
+                        raise DataError(f"tree {t} has more than {leaves_per_tree} distinct leaves")
+                    else:
+                        index[key], leaves = t * leaves_per_tree + leaves, leaves + 1
                     encoded.append(encode_sequence(prompt, encode(key[1]), shape, eos_id, stats))
                 pair.append(index[key])
             chosen.append(pair[0])

@@ -112,7 +112,6 @@ def rloo_objective(
                      estimator=estimator)
 
 
-
 # ------------------------------------------------------------------------------------------------------- PPO
 #
 # PPO on the same rollouts: per-token rewards are the KL penalty −β·kl_t on every response token plus the
