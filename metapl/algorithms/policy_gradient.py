@@ -32,7 +32,7 @@ from metapl.models import SamplingConfig, generate, init_head_params
 from metapl.models.logprobs import token_logprobs
 from metapl.models.policy import Policy
 from metapl.models.shared_prefix import response_token_logprobs, shared_inputs
-from metapl.parallel import run_mesh
+from metapl.parallel import batch_ways, run_mesh
 from metapl.train.spec import Algorithm, RunConfig, Setup, register
 
 Weights = Callable[[Any, Any], tuple[Any, Any]]  # (trainable, frozen) -> (params, lora) of the current policy
@@ -44,20 +44,23 @@ class Rollouts:
     the gold judge) and adds the reference log-probs. Its position (prompt order) is checkpointed; step t samples
     with key fold_in(rollout key, t).
 
-    Rows are prompt-major (sample j of prompt i is row i·k + j). With `shared_prefix` (k ≥ 2), each prompt is
-    prefilled once for its k samples and the batch is in the shared-prefix layout: prompt_tokens, prompt_mask
-    [N, P], response_tokens, response_mask [N, k, R], rewards [N·k], ref_logps [N·k, R] (response tokens only);
-    else tokens, attention_mask, response_mask, ref_logps [N·k, P + R], rewards [N·k]."""
+    Rows are prompt-major (sample j of prompt i is row i·k + j). With `shared_prefix` (k ≥ 2, and on a mesh a
+    batch of prompts that splits over data x fsdp), each prompt is prefilled once for its k samples and the
+    batch is in the shared-prefix layout: prompt_tokens, prompt_mask [N, P], response_tokens, response_mask
+    [N, k, R], rewards [N·k], ref_logps [N·k, R] (response tokens only); else tokens, attention_mask,
+    response_mask, ref_logps [N·k, P + R], rewards [N·k]."""
 
     def __init__(self, prompts, bench: Benchmark, cfg: RunConfig, policy: Policy, frozen, weights: Weights, k: int,
                  score: Callable | None = None, shared_prefix: bool = False):
         self.prompts, self.bench, self.cfg, self.policy, self.frozen, self.weights, self.k = \
             prompts, bench, cfg, policy, frozen, weights, k
-        self.shared_prefix = shared_prefix and k > 1
         self.score = score or bench.gold_scores
         self.order = ShuffledBatches(len(prompts), cfg.data.batch_size, cfg.seed)
         self.params = None
         self.mesh = run_mesh(cfg.mesh)  # sample sharded when the run is
+        # the shared layout's batch is the prompts, not prompts x k: it must split over the mesh's batch axes
+        self.shared_prefix = shared_prefix and k > 1 and (
+            self.mesh is None or cfg.data.batch_size % batch_ways(self.mesh) == 0)
         base = policy.base_config
         self._ref = jax.jit(lambda p, b: token_logprobs(p, base, b["tokens"], attention_mask=b["attention_mask"]))
         self._shared_ref = jax.jit(lambda p, b: response_token_logprobs(p, base, *shared_inputs(b)))
