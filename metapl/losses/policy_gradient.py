@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import token_logprobs
-from metapl.models.shared_prefix import response_token_logprobs, shared_inputs
+from metapl.models.shared_prefix import is_shared_prefix, response_token_logprobs, shared_inputs
 
 __all__ = [
     "adaptive_kl_update", "gae", "kl_penalty", "leave_one_out_advantages", "policy_and_values", "ppo_objective",
@@ -102,7 +102,7 @@ def rloo_objective(
     """RLOO on a rollout batch: tokens, attention_mask, response_mask [B, T]; ref_logps [B, T] (per token);
     rewards [B]. Rows are prompt-major with k samples per prompt. Or in the shared-prefix layout: prompt_tokens,
     prompt_mask [N, P], response_tokens, response_mask [N, k, R], ref_logps [N·k, R], rewards [N·k]."""
-    if "response_tokens" in batch:
+    if is_shared_prefix(batch):
         logp = response_token_logprobs(params, config, *shared_inputs(batch), lora=lora)
         n, kk, r = logp.shape
         return rloo_loss(logp.reshape(n * kk, r), batch["ref_logps"], batch["response_mask"].reshape(n * kk, r),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from metapl.models.config import ModelConfig
 from metapl.models.heads import reward
 from metapl.models.logprobs import sequence_logprobs
-from metapl.models.shared_prefix import continuation_rewards, response_logprobs, shared_inputs
+from metapl.models.shared_prefix import continuation_rewards, is_shared_prefix, response_logprobs, shared_inputs
 
 __all__ = [
     "bradley_terry_loss", "dpo_loss", "dpo_objective", "implicit_margin", "ipo_loss", "is_shared_prefix",
@@ -121,11 +121,6 @@ def _implicit_metrics(loss, z, beta, pc, pr, rc, rr, weights) -> dict:
 def _both(batch: Batch, key: str) -> jax.Array:
     """chosen and rejected rows of one field stacked into one [2B, ...] array (one forward pass for both)."""
     return jnp.concatenate([batch[f"chosen_{key}"], batch[f"rejected_{key}"]], axis=0)
-
-
-def is_shared_prefix(batch: Batch) -> bool:
-    """Whether a pair batch is in the shared-prefix layout (each prompt once, its two responses after it)."""
-    return "response_tokens" in batch
 
 
 def pair_logprobs(params: Params, config: ModelConfig, batch: Batch, *, lora: Params | None = None

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from metapl.data.srpo import SRPO_SEQUENCES
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
-from metapl.models.shared_prefix import response_logprobs
+from metapl.models.shared_prefix import is_shared_prefix, response_logprobs
 
 __all__ = ["srpo_logprobs", "srpo_loss", "srpo_objective", "srpo_reference_logprobs"]
 
@@ -124,7 +124,7 @@ def srpo_logprobs(params: Params, config: ModelConfig, batch: Batch, *, lora: Pa
     """The six sequence log-probs [B] (keys SRPO_SEQUENCES), in one forward pass over the [6B, L] stack, or in the
     shared-prefix layout (`SrpoBatch.shared_prefix_arrays`: [B, 3, P] prompts, [B, 3, 2, R] responses) over 3B
     rows, each context computed once for its two responses."""
-    if "response_tokens" in batch:
+    if is_shared_prefix(batch):
         b, g, p = batch["prompt_tokens"].shape
         r = batch["response_tokens"].shape[-1]
         seq = response_logprobs(params, config, batch["prompt_tokens"].reshape(b * g, p),

@@ -35,7 +35,7 @@ from metapl.models import SamplingConfig, generate_traced
 from metapl.models.config import ModelConfig
 from metapl.models.logprobs import sequence_logprobs
 from metapl.models.policy import Policy, RewardModel
-from metapl.models.shared_prefix import shared_inputs
+from metapl.models.shared_prefix import is_shared_prefix, shared_inputs
 
 Params = Any
 
@@ -64,7 +64,7 @@ def projected_inner_loss(theta: Params, rewards: jax.Array, batch: dict, *, conf
     term gives the inner problem a stationary point near θ₀ that the implicit hypergradient assumes (the
     likelihood of a finite sample set alone has none a flexible policy reaches).
     """
-    if "response_tokens" in batch:  # each prompt computed once for its N samples
+    if is_shared_prefix(batch):  # each prompt computed once for its N samples
         p, n = batch["response_tokens"].shape[:2]
         logp = Policy(config).continuation_logprobs(theta, base, *shared_inputs(batch))
     else:
@@ -174,7 +174,7 @@ def reward_function(config: ModelConfig, frozen: Params | None = None) -> Reward
 def sample_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> jax.Array:
     """r_φ [..., N] of sample tokens [..., N, T] (any leading axes, e.g. domains and prompts), or of the
     shared-prefix layout, prompts [..., Tp] and their N samples [..., N, R] (`reward_fn` a `RewardFunction`)."""
-    if "response_tokens" in batch:
+    if is_shared_prefix(batch):
         prompts, responses = batch["prompt_tokens"], batch["response_tokens"]
         lead, tp, (n, r) = prompts.shape[:-1], prompts.shape[-1], responses.shape[-2:]
         flat = lambda k, shape: batch[k].reshape(-1, *shape)  # noqa: E731
@@ -189,7 +189,7 @@ def sample_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> jax.Array:
 def pair_rewards(reward_fn: RewardFn, phi: Params, batch: dict) -> tuple[jax.Array, jax.Array]:
     """(r_φ(chosen), r_φ(rejected)) [Q] of pairs [Q, T], or of pairs in the shared-prefix layout (prompts [Q, Tp],
     responses [Q, 2, R]; `reward_fn` a `RewardFunction`)."""
-    if "response_tokens" in batch:
+    if is_shared_prefix(batch):
         r = reward_fn.continuations(phi, *shared_inputs(batch))
         return r[:, 0], r[:, 1]
     return (reward_fn(phi, batch["chosen_tokens"], batch["chosen_attention_mask"]),

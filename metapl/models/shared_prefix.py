@@ -30,9 +30,15 @@ from metapl.models.logprobs import hidden_logprobs
 from metapl.models.transformer import Params, hidden_states, unembedding
 
 __all__ = [
-    "shared_inputs", "packed_row", "shared_hidden", "predicting_states", "response_token_logprobs", "response_logprobs",
-    "continuation_rewards", "continuation_values",
+    "continuation_rewards", "continuation_values", "is_shared_prefix", "packed_row", "predicting_states",
+    "response_logprobs", "response_token_logprobs", "shared_hidden", "shared_inputs",
 ]
+
+
+def is_shared_prefix(batch) -> bool:
+    """Whether a batch dict is in this layout (its responses under "response_tokens") rather than one row per
+    sequence."""
+    return "response_tokens" in batch
 
 
 def shared_inputs(batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
