@@ -518,7 +518,7 @@ def main() -> int:
 
     import numpy as np
 
-    from bench_common import machine_info, matmul_peak_gflops, write_results
+    from bench_common import machine_info, matmul_peak_gflops
     from metapl.models import load_pretrained, save_hf_directory
 
     model = load_pretrained(args.model)
@@ -552,6 +552,13 @@ def main() -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(payload))
         return 0
+    return publish(payload, args)
+
+
+def publish(payload: dict, args) -> int:
+    """The results as markdown on stdout, and (unless --no-write) bench_train.json/.md under experiments/results."""
+    from bench_common import write_results
+
     md = render_markdown(payload)
     if not args.no_write:
         json_path, md_path = write_results("bench_train", payload, md)
@@ -564,7 +571,7 @@ def command_line() -> str:
     return "python experiments/bench_train.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--json-out"))
 
 
-SUITE = [  # (label, arguments): the cases of the results file and their targets (shared prefix vs TRL)
+SUITE = [  # (label, arguments, target): the results file's cases; target = shared-prefix DPO / TRL tokens/s
     ("full weights, 64 + 64", ["--prompt-tokens", "64", "--response-tokens", "64"], 1.2),
     ("full weights, 256 + 64", ["--prompt-tokens", "256", "--response-tokens", "64", "--rollout-k", "0"], 1.6),
     ("LoRA rank 8, 64 + 64", ["--prompt-tokens", "64", "--response-tokens", "64", "--lora-rank", "8",
@@ -576,8 +583,6 @@ def run_suite(args) -> int:
     """Each case of SUITE in a child run of this script (same --rounds/--steps/--warmup/--pairs), then one
     results file over all of them."""
     import subprocess
-
-    from bench_common import write_results
 
     passed = [a for a in sys.argv[1:] if a not in ("--suite", "--no-write")]
     cases, machine = [], None
@@ -593,12 +598,7 @@ def run_suite(args) -> int:
         case.update(label=label, target=target)
         cases.append(case)
     payload = {"benchmark": "train_step", "machine": machine, "cases": cases, "command": command_line()}
-    md = render_markdown(payload)
-    if not args.no_write:
-        json_path, md_path = write_results("bench_train", payload, md)
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    print(md)
-    return 0
+    return publish(payload, args)
 
 
 def step_flops(name: str, extra: dict, args) -> tuple[int, str]:
