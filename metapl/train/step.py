@@ -142,16 +142,23 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
 
     def step(state: TrainState, frozen: Params, batch: Any) -> tuple[TrainState, dict]:
         loss, grads, metrics = accumulate_gradients(objective, state.params, frozen, batch, accumulation_steps)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        # a finite gradient can still give a non-finite update (a NaN learning rate, an overflowing moment)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params) & _all_finite(new_opt)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        old = (state.params, state.opt_state)
+
+        def update(_):
+            updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+            new = (optax.apply_updates(state.params, updates), new_opt)
+            # a finite gradient can still give a non-finite update (a NaN learning rate, an overflowing moment)
+            return jax.lax.cond(_all_finite(new), lambda: (new, True), lambda: (old, False))
+
+        # Branches rather than an elementwise select over params and optimiser state: a select reads both trees and
+        # writes a third: 0.2-0.4 s of a 6.5 s full-weight SmolLM2-135M DPO step on 2 CPU cores.
+        (params, opt_state), finite = jax.lax.cond(jnp.isfinite(loss) & _all_finite(grads), update,
+                                                   lambda _: (old, False), None)
         run = jnp.where(finite, 0, state.nonfinite_run + 1)
         new_state = TrainState(
             step=state.step + 1,
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt, state.opt_state),
+            params=params,
+            opt_state=opt_state,
             nonfinite_run=run,
             skipped=state.skipped + (~finite).astype(jnp.int32),
             rng=jax.random.fold_in(state.rng, state.step),
