@@ -23,6 +23,12 @@ each running --steps timed steps of every method in turn (interleaved, because t
 is timed to completion (metapl: block_until_ready on the new state; TRL: from its `on_step_begin` to its
 `on_step_end` callback, i.e. forward + reference forward + backward + clipping + AdamW + zero_grad).
 
+--alone keeps only one side's worker alive at a time: each round runs one side's methods, then the other's (the
+order alternating over rounds, ABBA), and a worker that was closed starts afresh with its warm-up steps. On this
+2-core VM a step measured ~20% slower while another process held several GB (metapl's shared-prefix DPO step 6.2 s
+alone, 7.2-8.0 s beside the idle TRL worker, 7.4 s beside an idle 7 GB numpy process), so the together mode
+charges each side for the other's resident memory.
+
 Equal lengths: the pairs are built as token ids from texts made of words that each encode to exactly one token
 with their leading space (" word"), so a text of n words is n tokens and a prompt/response boundary never
 merges tokens. metapl gets prompt ⊕ response ⊕ EOS as ids; TRL gets the same texts as a `datasets.Dataset` of
@@ -38,7 +44,7 @@ Allocator: the script re-executes itself with glibc's MALLOC_MMAP_MAX_=0 MALLOC_
 MALLOC_TOP_PAD_=1073741824 (TRL's CPU step spends much of its time in page faults otherwise), so both sides run
 under the same settings; --default-malloc keeps glibc's defaults (also for both).
 
-    python experiments/bench_train.py --suite --rounds 3 --steps 2 --warmup 2   # the results file's three cases
+    python experiments/bench_train.py --suite --alone --rounds 3 --steps 2 --warmup 2   # the results file's cases
     python experiments/bench_train.py --prompt-tokens 256                       # one case (written alone)
     python experiments/bench_train.py --skip-trl --no-write                     # metapl only (quick check)
 """
@@ -101,7 +107,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(256 + 64), LoRA rank 8 at (64 + 64); writes bench_train.json/.md")
     p.add_argument("--json-out", help=argparse.SUPPRESS)  # internal: a suite child's result file
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--alone", action="store_true",
+                   help="one side's worker at a time (each round: one side, then the other, ABBA), instead of both "
+                        "alive for the whole case")
     p.add_argument("--default-malloc", action="store_true", help="keep glibc's allocator defaults (both sides)")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="after the rounds, time each DPO method's parts N times (loss alone, loss and gradient)")
     p.add_argument("--no-write", action="store_true", help="print, but do not write the results files")
     p.add_argument("--worker", choices=("metapl", "trl"), help=argparse.SUPPRESS)  # internal: one side's process
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -179,7 +190,7 @@ class MetaplMethod:
 
         from metapl.train import init_state, make_train_step
 
-        self.name = name
+        self.name, self.objective = name, objective
         # A private copy per method: the step donates its state, and the frozen reference must survive.
         self.state = init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(0))
         self.frozen, self.batch = frozen, batch
@@ -196,6 +207,24 @@ class MetaplMethod:
             self.compile_s = dt
         self.last_metrics = {k: float(v) for k, v in metrics.items() if getattr(v, "ndim", 1) == 0}
         return dt
+
+    def breakdown(self, n: int) -> dict:
+        """Seconds of the step's parts at the current parameters, n timed calls each after a compiling one: the
+        objective alone (policy and reference forward) and its value and gradient (+ the policy's backward)."""
+        import jax
+
+        def loss(t, f, b):
+            return self.objective(t, f, b)[0]
+
+        out = {}
+        for part, fn in (("loss", jax.jit(loss)), ("loss_and_grad", jax.jit(jax.value_and_grad(loss)))):
+            block(fn(self.state.params, self.frozen, self.batch))
+            out[part] = []
+            for _ in range(n):
+                t = time.perf_counter()
+                block(fn(self.state.params, self.frozen, self.batch))
+                out[part].append(time.perf_counter() - t)
+        return out
 
 
 # LoRA on every linear layer, the same on both sides (metapl names, then peft's module names for SmolLM2).
@@ -385,7 +414,7 @@ class TRLSide:
 
     def _wrap_compute_loss(self):
         trainer, losses = self.trainer, self.losses
-        original = trainer.compute_loss
+        original = self._compute_loss = trainer.compute_loss
 
         def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
             out = original(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -409,6 +438,36 @@ class TRLSide:
                 side.step_times.append(time.perf_counter() - side._t0)
 
         return StepTimer()
+
+    def breakdown(self, n: int) -> dict:
+        """Seconds of the step's parts on the collated batch, n timed calls each after an untimed one: the DPO loss
+        under `torch.no_grad` (policy and reference forward) and the loss with `backward()` (the step's
+        `training_step` without its optimiser step; gradients cleared after each call)."""
+        import torch
+
+        trainer = self.trainer
+        ds = trainer.train_dataset
+        inputs = trainer._prepare_inputs(trainer.data_collator([ds[i] for i in range(len(ds))]))
+        model = trainer.model
+        model.train()
+
+        def loss():
+            with torch.no_grad():
+                self._compute_loss(model, inputs)
+
+        def loss_and_grad():
+            self._compute_loss(model, inputs).backward()
+            model.zero_grad(set_to_none=True)
+
+        out = {}
+        for part, fn in (("loss", loss), ("loss_and_grad", loss_and_grad)):
+            fn()
+            out[part] = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                out[part].append(time.perf_counter() - t)
+        return out
 
     def run(self, steps: int) -> list[float]:
         """`trainer.train()` for `steps` optimiser steps (model and optimiser state carry over between calls)."""
@@ -454,6 +513,9 @@ def worker_main(args) -> int:
             if msg["cmd"] == "rollout":
                 send({"rollout": rollout_timing(*parts, batch_np, args, msg["rounds"])})
                 continue
+            if msg["cmd"] == "breakdown":
+                send({"breakdown": methods[msg["method"]].breakdown(msg["n"])})
+                continue
             m = methods[msg["method"]]
             times, hist = [], []
             for _ in range(msg["n"]):
@@ -467,6 +529,9 @@ def worker_main(args) -> int:
             msg = json.loads(line)
             if msg["cmd"] == "quit":
                 break
+            if msg["cmd"] == "breakdown":
+                send({"breakdown": trl.breakdown(msg["n"])})
+                continue
             n0 = len(trl.losses)
             times = trl.run(msg["n"])
             send({"times": times, "metrics": trl.losses[n0:]})
@@ -535,16 +600,7 @@ def main() -> int:
         save_hf_directory(workdir / "hf", model.params, model.config, tokenizer=tok)
     del model
 
-    workers = {"metapl": Worker("metapl", workdir)}
-    try:
-        if not args.skip_trl:
-            workers["trl"] = Worker("trl", workdir)
-            print(f"TRL batch shape {workers['trl'].hello['batch_shape']}: same ids and masks as metapl's",
-                  file=sys.stderr, flush=True)
-        case = run_case(args, workers, matmul_peak_gflops)
-    finally:
-        for w in workers.values():
-            w.close()
+    case = run_case(args, workdir, matmul_peak_gflops)
     info = machine_info()
     if "trl" in case:
         info.update(case["trl"]["versions"])
@@ -628,37 +684,95 @@ LABELS = {
 }
 
 
-def run_case(args, workers, matmul_peak_gflops) -> dict:
-    """Warm-up, interleaved timed rounds and the rollout timing of one case; its results as a dict."""
-    extra = workers["metapl"].hello["extra"]
-    trl = workers.get("trl")
-    order = list(extra["methods"])
-    if trl is not None:
-        order.insert(2, "trl_dpo")
+def run_case(args, workdir: Path, matmul_peak_gflops) -> dict:
+    """Warm-up, timed rounds and the rollout timing of one case; its results as a dict.
+
+    Together (default): both workers live for the whole case and every method runs in each round, interleaved.
+    --alone: only one side's worker exists at a time; each round runs the sides in turn (ABBA order over the
+    rounds), a side's worker starting afresh (warm-up included) when the other side had run, because a step
+    measured slower with the other framework's worker alive and idle (see the docstring)."""
+    sides = ["metapl"] + ([] if args.skip_trl else ["trl"])
+    live: dict[str, Worker] = {}
+    hello: dict[str, dict] = {}
+    warm: dict[str, dict] = {}
+
+    def close_all():
+        for w in live.values():
+            w.close()
+        live.clear()
+
+    def methods_of(side):
+        return [n for n in order if (n == "trl_dpo") == (side == "trl")]
 
     def run(name, n):
         if name == "trl_dpo":
-            return trl.call(cmd="steps", n=n)
-        return workers["metapl"].call(cmd="steps", method=name, n=n)
+            return live["trl"].call(cmd="steps", n=n)
+        return live["metapl"].call(cmd="steps", method=name, n=n)
 
-    warm = {}
-    for name in order:  # compiles; the first steps' losses are the agreement check
-        warm[name] = run(name, args.warmup)
-        print(f"warm-up {name}: " + ", ".join(f"{t:.2f}s loss {m['loss']:.6f}"
-                                              for t, m in zip(warm[name]["times"], warm[name]["metrics"])),
-              file=sys.stderr, flush=True)
-    peaks, times = [], {name: [] for name in order}
-    for r in range(args.rounds):
-        peaks.append(matmul_peak_gflops())  # in the parent, while both workers wait
-        medians = {}
-        for name in order:
-            ts = run(name, args.steps)["times"]
-            times[name].extend(ts)
-            medians[name] = statistics.median(ts)
-        print(f"round {r}: peak {peaks[-1]:.0f} GFLOP/s; " + ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()),
-              file=sys.stderr, flush=True)
-    rollout = (workers["metapl"].call(cmd="rollout", rounds=args.rounds)["rollout"]
-               if args.rollout_k and not args.lora_rank else None)
+    def warm_up(side):  # compiles; the first opening's first steps' losses are the agreement check
+        for name in methods_of(side):
+            got = run(name, args.warmup)
+            warm.setdefault(name, got)
+            print(f"warm-up {name}: " + ", ".join(f"{t:.2f}s loss {m['loss']:.6f}"
+                                                  for t, m in zip(got["times"], got["metrics"])),
+                  file=sys.stderr, flush=True)
+
+    def open_side(side, *, fresh_warm_up: bool):
+        if side in live:
+            return
+        if args.alone:
+            close_all()
+        live[side] = Worker(side, workdir)
+        hello.setdefault(side, live[side].hello)
+        if side == "trl":
+            print(f"TRL batch shape {hello['trl']['batch_shape']}: same ids and masks as metapl's",
+                  file=sys.stderr, flush=True)
+        if fresh_warm_up:
+            warm_up(side)
+
+    try:
+        open_side("metapl", fresh_warm_up=False)
+        extra = hello["metapl"]["extra"]
+        order = list(extra["methods"])
+        if "trl" in sides:
+            order.insert(2, "trl_dpo")
+        if args.alone:
+            warm_up("metapl")
+        else:
+            if "trl" in sides:
+                open_side("trl", fresh_warm_up=False)
+            for side in sides:
+                warm_up(side)
+        peaks, times = [], {name: [] for name in order}
+        for r in range(args.rounds):
+            peaks.append(matmul_peak_gflops())  # in the parent, while any worker waits
+            medians = {}
+            sequence = ((sides if r % 2 == 0 else sides[::-1]) if args.alone else [None])
+            for side in sequence:
+                if side is not None:
+                    open_side(side, fresh_warm_up=True)
+                for name in (methods_of(side) if side else order):
+                    ts = run(name, args.steps)["times"]
+                    times[name].extend(ts)
+                    medians[name] = statistics.median(ts)
+            print(f"round {r}: peak {peaks[-1]:.0f} GFLOP/s; " +
+                  ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()), file=sys.stderr, flush=True)
+        breakdown = {}
+        for side in (sides[::-1] if args.alone and args.rounds % 2 else sides):  # the live side first
+            for name in [n for n in methods_of(side) if "dpo" in n] if args.breakdown else []:
+                open_side(side, fresh_warm_up=False)
+                worker = live["trl" if name == "trl_dpo" else "metapl"]
+                msg = {"cmd": "breakdown", "n": args.breakdown, **({} if name == "trl_dpo" else {"method": name})}
+                parts = worker.call(**msg)["breakdown"]
+                breakdown[name] = {k: statistics.median(v) for k, v in parts.items()} | {"all": parts}
+                print(f"breakdown {name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in breakdown[name].items()
+                                                         if k != "all"), file=sys.stderr, flush=True)
+        rollout = None
+        if args.rollout_k and not args.lora_rank:
+            open_side("metapl", fresh_warm_up=False)
+            rollout = live["metapl"].call(cmd="rollout", rounds=args.rounds)["rollout"]
+    finally:
+        close_all()
 
     peak = statistics.median(peaks)
     logical = 2 * args.pairs * (args.prompt_tokens + args.response_tokens)
@@ -672,7 +786,7 @@ def run_case(args, workers, matmul_peak_gflops) -> dict:
                          "achieved_gflops": flops / s["median"] / 1e9, "mfu": flops / s["median"] / 1e9 / peak,
                          "first_step_seconds_incl_compile": warm[name]["times"][0]}
     ratios = None
-    if trl is not None:
+    if "trl" in hello:
         trl_s = results["trl_dpo"]["seconds_per_step"]["median"]
         ratios = {name: trl_s / results[name]["seconds_per_step"]["median"]
                   for name in ("metapl_dpo_rows", "metapl_dpo_shared")}
@@ -683,12 +797,21 @@ def run_case(args, workers, matmul_peak_gflops) -> dict:
                   "lora_rank": args.lora_rank, "lora_targets": list(LORA_TARGETS) if args.lora_rank else None,
                   "beta": args.beta, "learning_rate": args.lr, "dtype": "float32", "rounds": args.rounds,
                   "steps_per_round": args.steps, "warmup_steps": args.warmup, "torch_threads": args.torch_threads,
-                  "trl_batch_shape": trl.hello["batch_shape"] if trl else None},
+                  "trl_batch_shape": hello["trl"]["batch_shape"] if "trl" in hello else None,
+                  "workers": "alone" if args.alone else "together"},
         "parameters": {k: extra[k] for k in ("n_params", "n_body", "head_vd")},
         "matmul_peak_gflops_f32": peak, "matmul_peak_gflops_f32_per_round": peaks,
         "order": order, "results": results, "dpo_speedup_over_trl": ratios, "first_steps": agreement,
-        "rollout": rollout, **({"trl": {"versions": trl.hello["versions"]}} if trl else {}),
+        "rollout": rollout, "breakdown": breakdown or None,
+        **({"trl": {"versions": hello["trl"]["versions"]}} if "trl" in hello else {}),
     }
+
+
+WORKER_MODES = {
+    "together": "Both workers stay alive for the whole case and the methods run interleaved in every round.",
+    "alone": "Only one side's worker is alive at a time (`--alone`): each round runs one side's methods, then the "
+             "other's, alternating which goes first; a worker started afresh repeats its warm-up steps.",
+}
 
 
 def render_markdown(payload: dict) -> str:
@@ -700,7 +823,8 @@ def render_markdown(payload: dict) -> str:
         f"({info.get('torch_threads')} threads), transformers {info.get('transformers')}, trl "
         f"{info.get('trl', 'not run')}, peft {info.get('peft', '-')}. Allocator env (both sides): "
         f"{info['malloc_env'] or 'glibc defaults'}. Each side runs in its own worker process; the parent drives "
-        "them in turn, in interleaved rounds (a step is timed to completion), after warm-up steps that compile.",
+        "them in turn (a step is timed to completion), after warm-up steps that compile. " + WORKER_MODES[
+            payload["cases"][0]["setup"].get("workers", "together")],
         "",
         "Tokens are counted the same way for every method: the logical tokens of the pairs, 2 · pairs · (prompt + "
         "response), whatever a method actually runs. FLOPs are those a method computes: 2 per parameter per token "
@@ -756,6 +880,18 @@ def render_markdown(payload: dict) -> str:
         if st["lora_rank"]:
             lines += ["With LoRA the adapters' A matrices start from each library's own random draw, so only step "
                       "0 is comparable across sides.", ""]
+        bd = case.get("breakdown")
+        if bd:
+            lines += ["Where a DPO step's time goes (median seconds; the parts timed separately after the rounds, at "
+                      "the trained parameters; backward = loss and gradient − loss; the rest = the step's median − "
+                      "loss and gradient: clipping, AdamW, the state update):", "",
+                      "| method | loss (policy + reference forward) | backward | rest of the step | step |",
+                      "|---|---|---|---|---|"]
+            for name, parts in bd.items():
+                step = res[name]["seconds_per_step"]["median"]
+                lines.append(f"| {LABELS[name]} | {parts['loss']:.2f} | {parts['loss_and_grad'] - parts['loss']:.2f} "
+                             f"| {step - parts['loss_and_grad']:.2f} | {step:.2f} |")
+            lines.append("")
         ro = case.get("rollout")
         if ro:
             su = ro["setup"]
