@@ -24,10 +24,11 @@ is timed to completion (metapl: block_until_ready on the new state; TRL: from it
 `on_step_end` callback, i.e. forward + reference forward + backward + clipping + AdamW + zero_grad).
 
 --alone keeps only one side's worker alive at a time: each round runs one side's methods, then the other's (the
-order alternating over rounds, ABBA), and a worker that was closed starts afresh with its warm-up steps. On this
-2-core VM a step measured ~20% slower while another process held several GB (metapl's shared-prefix DPO step 6.2 s
-alone, 7.2-8.0 s beside the idle TRL worker, 7.4 s beside an idle 7 GB numpy process), so the together mode
-charges each side for the other's resident memory.
+order alternating over rounds, ABBA), and a worker that was closed starts afresh with its warm-up steps, so
+neither side is timed beside the other's worker. With both alive, metapl's steps measured up to 20% slower than in
+a metapl-only run; part of that is metapl's run-to-run spread on this VM (BUILD.md).
+--breakdown N times each DPO method's parts after the rounds: its loss alone (policy and reference forward) and its
+loss and gradient, N calls each.
 
 Equal lengths: the pairs are built as token ids from texts made of words that each encode to exactly one token
 with their leading space (" word"), so a text of n words is n tokens and a prompt/response boundary never
@@ -882,15 +883,17 @@ def render_markdown(payload: dict) -> str:
                       "0 is comparable across sides.", ""]
         bd = case.get("breakdown")
         if bd:
-            lines += ["Where a DPO step's time goes (median seconds; the parts timed separately after the rounds, at "
-                      "the trained parameters; backward = loss and gradient − loss; the rest = the step's median − "
-                      "loss and gradient: clipping, AdamW, the state update):", "",
-                      "| method | loss (policy + reference forward) | backward | rest of the step | step |",
+            lines += ["Where a DPO step's time goes (median seconds of the parts, timed separately after the rounds "
+                      "at the trained parameters: the loss alone is the policy and reference forward; backward = loss "
+                      "and gradient − loss). The step's median from the rounds is beside them; on this VM a worker's "
+                      "step time moves by up to ~15% between processes and over a run, so the parts are not "
+                      "subtracted from it:", "",
+                      "| method | loss (policy + reference forward) | backward | loss and gradient | step (rounds) |",
                       "|---|---|---|---|---|"]
             for name, parts in bd.items():
                 step = res[name]["seconds_per_step"]["median"]
                 lines.append(f"| {LABELS[name]} | {parts['loss']:.2f} | {parts['loss_and_grad'] - parts['loss']:.2f} "
-                             f"| {step - parts['loss_and_grad']:.2f} | {step:.2f} |")
+                             f"| {parts['loss_and_grad']:.2f} | {step:.2f} |")
             lines.append("")
         ro = case.get("rollout")
         if ro:
