@@ -361,10 +361,12 @@ def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning:
         row = {"setting": tuning[method]["best"], "validation_criterion": tuning[method]["criterion"],
                "gold": two_level_interval(gold), "gain": two_level_interval(gold - ref),
                "win_rate_vs_reference": two_level_interval(per_domain(res, "win_rate")),
-               "per_seed_gold": gold.mean(axis=1).tolist(), "per_domain_gold": gold.tolist()}  # [seeds, domains]
+               "per_seed_gold": gold.mean(axis=1).tolist(), "per_seed_gain": (gold - ref).mean(axis=1).tolist(),
+               "per_domain_gold": gold.tolist()}  # [seeds, domains]
         acc = per_domain(res, "rm_pair_accuracy")
         if np.isfinite(acc).any():
             row["rm_pair_accuracy"] = two_level_interval(acc)
+            row["per_seed_rm_pair_accuracy"] = np.nanmean(acc, axis=1).tolist()
         if method != "bt":
             diff = gold - bt
             row["minus_bt"] = {name: dict(two_level_interval(diff[:, mask]),
@@ -437,6 +439,15 @@ def cell_markdown(report: dict) -> str:
         acc = _ci(r["rm_pair_accuracy"]) if "rm_pair_accuracy" in r else "–"
         lines.append(f"| {LABELS[k]} | {setting} | {_ci(r['gold'])} | {_ci(r['gain'], True)} | "
                      f"{_ci(r['win_rate_vs_reference'])} | {acc} |")
+    if len(report["seeds"]) > 1 and all("per_seed_gain" in m[k] for k in order):
+        lines += ["", "Per training seed: gain vs reference (mean over domains) and, for the reward models, held-out "
+                  "pair accuracy:", "", "| method | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
+                  "|---|" + "---|" * len(report["seeds"])]
+        for k in order:
+            accs = m[k].get("per_seed_rm_pair_accuracy") if k != "gold" else None
+            cells = [f"{g:+.3f}" + (f", accuracy {a:.2f}" if accs else "")
+                     for g, a in zip(m[k]["per_seed_gain"], accs or m[k]["per_seed_gain"])]
+            lines.append(f"| {LABELS[k]} | " + " | ".join(cells) + " |")
     if "meta_onpolicy" not in m:
         lines += ["", "The on-policy meta-learned RM was not run in this cell (`--onpolicy`); the meta RM above is "
                   "the projected one."]

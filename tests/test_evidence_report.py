@@ -63,6 +63,10 @@ def test_seed_units_merge_into_one_cell_and_a_partial_report_says_so(evidence):
     text = evidence.cell_markdown(report)
     assert "Partial: seeds [0, 2] of the [0, 1, 2]" in text and "for each seed on its own runs" in text
     assert "seed 0: beta=0.3; seed 2: beta=1.0" in text
+    # per seed: bt's gain is the mean over domains a (0.1 + seed) and b (0.3) against reference 0
+    assert report["methods"]["bt"]["per_seed_gain"] == pytest.approx([0.2, 1.2])
+    assert report["methods"]["bt"]["per_seed_rm_pair_accuracy"] == pytest.approx([0.6, 0.6])
+    assert "| seed 0 | seed 2 |" in text and "| +0.200, accuracy 0.60 | +1.200, accuracy 0.60 |" in text
     three = evidence.merged_units([_unit(s, 0.3, 0.1) for s in (0, 1, 2)])
     assert "Partial" not in evidence.cell_markdown(evidence.cell_report(study, "attributes", *three, "cmd",
                                                                         seeds=[0, 1, 2]))
