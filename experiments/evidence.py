@@ -364,7 +364,7 @@ def cell_report(study: Study, cell: str, results: dict[str, list[dict]], tuning:
                "per_seed_gold": gold.mean(axis=1).tolist(), "per_seed_gain": (gold - ref).mean(axis=1).tolist(),
                "per_domain_gold": gold.tolist()}  # [seeds, domains]
         acc = per_domain(res, "rm_pair_accuracy")
-        if np.isfinite(acc).any():
+        if method != "gold" and np.isfinite(acc).any():  # the oracle has no RM: its runs carry BT's
             row["rm_pair_accuracy"] = two_level_interval(acc)
             row["per_seed_rm_pair_accuracy"] = np.nanmean(acc, axis=1).tolist()
         if method != "bt":
@@ -444,7 +444,7 @@ def cell_markdown(report: dict) -> str:
                   "pair accuracy:", "", "| method | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
                   "|---|" + "---|" * len(report["seeds"])]
         for k in order:
-            accs = m[k].get("per_seed_rm_pair_accuracy") if k != "gold" else None
+            accs = m[k].get("per_seed_rm_pair_accuracy")
             cells = [f"{g:+.3f}" + (f", accuracy {a:.2f}" if accs else "")
                      for g, a in zip(m[k]["per_seed_gain"], accs or m[k]["per_seed_gain"])]
             lines.append(f"| {LABELS[k]} | " + " | ".join(cells) + " |")

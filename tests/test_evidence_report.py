@@ -83,8 +83,15 @@ def test_several_units_per_seed_merge_by_method(evidence):
     # each seed measured in three units (bt + gold, meta, dpo), found in any order
     units = [_group_unit(s, g, methods, v) for s in (1, 0) for g, methods, v in
              (("meta", ("meta",), 0.2), ("bt", ("bt", "gold"), 0.1), ("dpo", ("dpo",), 0.5))]
-    results, tuning, _ = evidence.merged_units(units)
+    results, tuning, kinds = evidence.merged_units(units)
     assert set(results) == {"bt", "gold", "meta", "dpo"}
+    study = evidence.dataclasses.replace(evidence.MINIATURE, seeds=(0, 1), tune_per_seed=True)
+    report = evidence.cell_report(study, "attributes", results, tuning, kinds, "cmd", seeds=[0, 1])
+    # the oracle rides on BT's runs, so the pair accuracy in its measurement is BT's RM's: not reported for it
+    assert "rm_pair_accuracy" not in report["methods"]["gold"] and "rm_pair_accuracy" in report["methods"]["bt"]
+    gold_row = next(line for line in evidence.cell_markdown(report).splitlines()
+                    if line.startswith("| gold reward (oracle) | beta"))
+    assert gold_row.endswith("| – |")
     assert [r["per_domain"][0]["gold_adapted"] for r in results["dpo"]] == [0.5, 1.5]  # seeds 0, 1 in order
     assert [r["per_domain"][0]["gold_adapted"] for r in results["gold"]] == [0.1, 1.1]
     assert tuning["meta"]["best"] == {"beta": 0.2} and tuning["dpo"]["criterion"] == pytest.approx(0.5)
