@@ -45,9 +45,9 @@ Allocator: the script re-executes itself with glibc's MALLOC_MMAP_MAX_=0 MALLOC_
 MALLOC_TOP_PAD_=1073741824 (TRL's CPU step spends much of its time in page faults otherwise), so both sides run
 under the same settings; --default-malloc keeps glibc's defaults (also for both).
 
-    python experiments/bench_train.py --suite --alone --rounds 3 --steps 2 --warmup 2   # the results file's cases
-    python experiments/bench_train.py --prompt-tokens 256                       # one case (written alone)
-    python experiments/bench_train.py --skip-trl --no-write                     # metapl only (quick check)
+    python experiments/bench_train.py --suite --alone --breakdown 3 --rounds 3 --steps 2 --warmup 2  # results file
+    python experiments/bench_train.py --prompt-tokens 256                                   # one case
+    python experiments/bench_train.py --skip-trl --no-write                                 # metapl only
 """
 
 from __future__ import annotations
@@ -690,8 +690,8 @@ def run_case(args, workdir: Path, matmul_peak_gflops) -> dict:
 
     Together (default): both workers live for the whole case and every method runs in each round, interleaved.
     --alone: only one side's worker exists at a time; each round runs the sides in turn (ABBA order over the
-    rounds), a side's worker starting afresh (warm-up included) when the other side had run, because a step
-    measured slower with the other framework's worker alive and idle (see the docstring)."""
+    rounds), a side's worker starting afresh (warm-up included) when the other side had run, so neither side is
+    timed beside the other's worker (see the module docstring)."""
     sides = ["metapl"] + ([] if args.skip_trl else ["trl"])
     live: dict[str, Worker] = {}
     hello: dict[str, dict] = {}
