@@ -182,6 +182,17 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
+def timed_calls(fn, n: int) -> list[float]:
+    """Seconds of n calls of `fn()` (each run to completion by `fn`), after one untimed call (compile, warm-up)."""
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 class MetaplMethod:
     """One metapl training step (objective + AdamW) with its own state, timed to completion."""
 
@@ -217,15 +228,9 @@ class MetaplMethod:
         def loss(t, f, b):
             return self.objective(t, f, b)[0]
 
-        out = {}
-        for part, fn in (("loss", jax.jit(loss)), ("loss_and_grad", jax.jit(jax.value_and_grad(loss)))):
-            block(fn(self.state.params, self.frozen, self.batch))
-            out[part] = []
-            for _ in range(n):
-                t = time.perf_counter()
-                block(fn(self.state.params, self.frozen, self.batch))
-                out[part].append(time.perf_counter() - t)
-        return out
+        parts = {"loss": jax.jit(loss), "loss_and_grad": jax.jit(jax.value_and_grad(loss))}
+        return {part: timed_calls(lambda: block(fn(self.state.params, self.frozen, self.batch)), n)
+                for part, fn in parts.items()}
 
 
 # LoRA on every linear layer, the same on both sides (metapl names, then peft's module names for SmolLM2).
@@ -460,15 +465,7 @@ class TRLSide:
             self._compute_loss(model, inputs).backward()
             model.zero_grad(set_to_none=True)
 
-        out = {}
-        for part, fn in (("loss", loss), ("loss_and_grad", loss_and_grad)):
-            fn()
-            out[part] = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn()
-                out[part].append(time.perf_counter() - t)
-        return out
+        return {"loss": timed_calls(loss, n), "loss_and_grad": timed_calls(loss_and_grad, n)}
 
     def run(self, steps: int) -> list[float]:
         """`trainer.train()` for `steps` optimiser steps (model and optimiser state carry over between calls)."""
@@ -759,12 +756,11 @@ def run_case(args, workdir: Path, matmul_peak_gflops) -> dict:
             print(f"round {r}: peak {peaks[-1]:.0f} GFLOP/s; " +
                   ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()), file=sys.stderr, flush=True)
         breakdown = {}
-        for side in (sides[::-1] if args.alone and args.rounds % 2 else sides):  # the live side first
-            for name in [n for n in methods_of(side) if "dpo" in n] if args.breakdown else []:
-                open_side(side, fresh_warm_up=False)
-                worker = live["trl" if name == "trl_dpo" else "metapl"]
-                msg = {"cmd": "breakdown", "n": args.breakdown, **({} if name == "trl_dpo" else {"method": name})}
-                parts = worker.call(**msg)["breakdown"]
+        for side in (sides[::-1] if args.alone and args.rounds % 2 else sides) if args.breakdown else []:
+            open_side(side, fresh_warm_up=False)  # the side still alive after the rounds goes first
+            for name in [n for n in methods_of(side) if "dpo" in n]:
+                msg = {"cmd": "breakdown", "n": args.breakdown, **({} if side == "trl" else {"method": name})}
+                parts = live[side].call(**msg)["breakdown"]
                 breakdown[name] = {k: statistics.median(v) for k, v in parts.items()} | {"all": parts}
                 print(f"breakdown {name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in breakdown[name].items()
                                                          if k != "all"), file=sys.stderr, flush=True)

@@ -444,9 +444,9 @@ def cell_markdown(report: dict) -> str:
                   "pair accuracy:", "", "| method | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
                   "|---|" + "---|" * len(report["seeds"])]
         for k in order:
-            accs = m[k].get("per_seed_rm_pair_accuracy")
-            cells = [f"{g:+.3f}" + (f", accuracy {a:.2f}" if accs else "")
-                     for g, a in zip(m[k]["per_seed_gain"], accs or m[k]["per_seed_gain"])]
+            gains = m[k]["per_seed_gain"]
+            accs = m[k].get("per_seed_rm_pair_accuracy", [None] * len(gains))
+            cells = [f"{g:+.3f}" + ("" if a is None else f", accuracy {a:.2f}") for g, a in zip(gains, accs)]
             lines.append(f"| {LABELS[k]} | " + " | ".join(cells) + " |")
     if "meta_onpolicy" not in m:
         lines += ["", "The on-policy meta-learned RM was not run in this cell (`--onpolicy`); the meta RM above is "
