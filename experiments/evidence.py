@@ -636,24 +636,34 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     from metapl.eval import two_level_interval, two_level_means
 
     def interval(cell, method="meta", subset="all"):
-        # the cell report's own paired interval (the same bootstrap over the same per-domain differences)
+        """(meta − BT, the cell it comes from): the cell report's own paired interval (the same bootstrap over the
+        same per-domain differences), else one from cached stages, else from a rerun kept beside the report."""
         report = read_json(results / f"{cell}.json")
         kept = (report or {}).get("methods", {}).get(method, {}).get("minus_bt", {}).get(subset)
         if kept is not None:
-            return {k: kept[k] for k in ("mean", "ci95", "seeds", "domains")}
+            return {k: kept[k] for k in ("mean", "ci95", "seeds", "domains")}, cell
         d = _cell_diffs(out, cell, method, subset, results)
-        return None if d is None else two_level_interval(d)
+        if d is not None:
+            return two_level_interval(d), cell
+        for rerun in reruns(cell):
+            kept = read_json(rerun)["methods"].get(method, {}).get("minus_bt", {}).get(subset)
+            if kept is not None:
+                return {k: kept[k] for k in ("mean", "ci95", "seeds", "domains")}, f"{cell} ({rerun.stem})"
+        return None, cell
+
+    def reruns(cell):
+        return sorted((results / "reruns").glob(f"{cell}_at_*.json"))
 
     rows = []
 
     missing = []
 
     def add(hypothesis, cell, subset, predicted, method="meta"):
-        s = interval(cell, method, subset)
+        s, source = interval(cell, method, subset)
         if s is None:
             missing.append(f"{hypothesis} ({cell}, {method})")
         else:
-            rows.append({"hypothesis": hypothesis, "cell": cell, "subset": subset, "method": method,
+            rows.append({"hypothesis": hypothesis, "cell": source, "subset": subset, "method": method,
                          "meta_minus_bt": s, "verdict": verdict_of(s, predicted)})
 
     add("H0 (tie)", "off", "all", "tie", "meta_onpolicy")
@@ -668,15 +678,27 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     for cell in ("off", "budget16", "budget4"):
         add(f"H3 (on-policy) budget {dict(off=64, budget16=16, budget4=4)[cell]} pairs/domain", cell, "all",
             "greater", "meta_onpolicy")
-    trend = None
-    d64, d4 = _cell_diffs(out, "off", "meta", results=results), _cell_diffs(out, "budget4", "meta", results=results)
-    if d64 is not None and d4 is not None:
-        diff = two_level_means(d4, 5000, 1) - two_level_means(d64, 5000, 2)
-        trend = {"mean": float(d4.mean() - d64.mean()), "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
-        rows.append({"hypothesis": "H3 trend (4 minus 64 pairs/domain)", "cell": "budget4 − off", "subset": "all",
-                     "method": "meta", "meta_minus_bt": trend, "verdict": verdict_of(trend, "greater")})
-    else:
-        missing.append("H3 trend (budget4 − off, meta)")
+    for method, name in (("meta", "H3 trend (4 minus 64 pairs/domain)"),
+                         ("meta_onpolicy", "H3 (on-policy) trend (4 minus 64 pairs/domain)")):
+        # both ends from the registered cells, else both from reruns of one code version (never one of each)
+        d64, d4 = (_cell_diffs(out, c, method, results=results) for c in ("off", "budget4"))
+        source = "budget4 − off"
+        if d64 is None or d4 is None:
+            d64 = d4 = None
+            found = [[r for r in reruns(c) if "per_domain_gold" in read_json(r)["methods"].get(method, {})]
+                     for c in ("off", "budget4")]
+            if all(found):
+                r64, r4 = found[0][-1], found[1][-1]
+                d64, d4 = (np.asarray(read_json(r)["methods"][method]["per_domain_gold"])
+                           - np.asarray(read_json(r)["methods"]["bt"]["per_domain_gold"]) for r in (r64, r4))
+                source = f"{r4.stem} − {r64.stem}"
+        if d64 is not None and d4 is not None:
+            diff = two_level_means(d4, 5000, 1) - two_level_means(d64, 5000, 2)
+            trend = {"mean": float(d4.mean() - d64.mean()), "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
+            rows.append({"hypothesis": name, "cell": source, "subset": "all", "method": method,
+                         "meta_minus_bt": trend, "verdict": verdict_of(trend, "greater")})
+        else:
+            missing.append(f"H3 trend (budget4 − off, {method})")
     for cell in ("attributes", "off"):
         regime = read_json(results / f"regime_{cell}.json")
         if regime:
@@ -689,7 +711,12 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
                          f"settings meta is ahead in {ahead}, behind in {behind}", "method": "meta",
                          "meta_minus_bt": best["meta_minus_bt"], "verdict": verdict_of(best["meta_minus_bt"],
                                                                                       "greater")})
-    report = {"rows": rows, "not_computed": missing, "command": "python experiments/evidence.py --summary"}
+    h5 = h5_rows(read_json(results / "sentiment_targets.json"))
+    rows += h5["rows"]
+    rows = with_earlier_rows(rows, (read_json(results / "summary.json") or {}).get("rows", []))
+    missing += h5["missing"]
+    report = {"rows": rows, "not_computed": missing, "h5_precondition": h5["precondition"],
+              "command": "python experiments/evidence.py --summary"}
     if missing:
         log(f"summary: not computed (not in the cell's report, no per-domain gold and no cached stages): "
             f"{'; '.join(missing)}")
@@ -700,8 +727,17 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
              "protocol's rule: supported when the interval excludes 0 in the predicted direction, contradicted "
              "when it excludes 0 in the other, not supported otherwise (for the tie, supported when it contains 0).",
              "", "| hypothesis | cell | domains | meta − BT | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r['hypothesis']} | {r['cell']} | {r['subset']} | {_ci(r['meta_minus_bt'], True)} | "
-              f"{r['verdict']} |" for r in rows]
+    lines += [f"| {r['hypothesis']}{' (earlier summary)' if r.get('earlier') else ''} | {r['cell']} | "
+              f"{r['subset']} | {_ci(r['meta_minus_bt'], True)} | {r['verdict']} |" for r in rows]
+    if any(r.get("earlier") for r in rows):
+        lines += ["", "Rows marked *earlier summary* were computed by an earlier run of this command from per-domain "
+                  "stages that are no longer cached and that the kept cell reports do not hold; they are kept as "
+                  "they were computed (summary.json in git history) until re-running the cells recomputes them."]
+    if h5["precondition"]:
+        p = h5["precondition"]
+        lines += ["", f"H5's precondition (PROTOCOL.md): the BT RM ranks the held-out pairs of `sentiment_targets` at "
+                  f"{_ci(p['bt_pair_accuracy'])} over seeds {p['seeds']}, {'at least' if p['met'] else 'below'} "
+                  f"0.70. H5 is two-sided; its rows by target tone are exploratory (no verdict)."]
     if missing:
         lines += ["", "Not computed (the method was not run in that cell, or the row needs per-domain gold that "
                   "neither the cell's report nor its cached held-out stages hold; re-running the cell computes "
@@ -717,12 +753,14 @@ def summary(out: Path, results: Path = RESULTS) -> dict:
     for i, r in enumerate(rows):
         s = r["meta_minus_bt"]
         ax.errorbar([i], [s["mean"]], yerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], fmt="o",
-                    capsize=4, color={"supported": "C2", "contradicted": "C3"}.get(r["verdict"], "C0"))
+                    capsize=4, color={"supported": "C2", "meta ahead": "C2", "contradicted": "C3",
+                                                  "meta behind": "C3"}.get(r["verdict"], "C0"))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(rows)), [r["hypothesis"].split(" (")[0] + f"\n{r['subset']}" for r in rows],
                   fontsize=6, rotation=30, ha="right")
     ax.set_ylabel("meta − BT, held-out gold reward")
-    ax.set_title("evidence by hypothesis (green: supported, red: contradicted)", fontsize=8)
+    ax.set_title("evidence by hypothesis (green: supported or meta ahead, red: contradicted or meta behind)",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(results / "summary.png", dpi=120)
     plt.close(fig)
@@ -734,7 +772,52 @@ def verdict_of(s: dict, predicted: str) -> str:
     lo, hi = s["ci95"]
     if predicted == "tie":
         return "supported" if lo <= 0 <= hi else "not supported"
+    if predicted == "two-sided":
+        return "meta ahead" if lo > 0 else "meta behind" if hi < 0 else "no difference"
     return verdict(s)
+
+
+def with_earlier_rows(rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """`rows` plus the rows of an earlier summary that cannot be computed now (their per-domain stages were
+    cached on a machine that no longer has them), each marked `"earlier": True` and kept in its earlier place."""
+    def key(r):
+        return r["hypothesis"], r["cell"], r["subset"]
+
+    now = {key(r) for r in rows}
+    out = list(rows)
+    for i, r in enumerate(earlier):
+        if key(r) in now:
+            continue
+        before = {key(e) for e in earlier[:i]}
+        at = max((j + 1 for j, e in enumerate(out) if key(e) in before), default=0)
+        out.insert(at, {**r, "earlier": True})
+    return out
+
+
+def h5_rows(report: dict | None) -> dict:
+    """H5's summary rows from the `sentiment_targets` report: meta − BT over all held-out domains (two-sided; a
+    verdict only when every planned seed is in and BT's held-out pair accuracy is at least 0.70) and, as exploratory
+    rows, by the tone the domain wants."""
+    if report is None or "meta" not in report["methods"]:
+        return {"rows": [], "missing": ["H5 real text (sentiment_targets, meta)"], "precondition": None}
+    seeds, planned = report["seeds"], report.get("planned_seeds", report["seeds"])
+    accuracy = report["methods"]["bt"]["rm_pair_accuracy"]
+    met = accuracy["mean"] >= 0.70
+    rows = []
+    for subset, s in report["methods"]["meta"]["minus_bt"].items():
+        if subset != "all":
+            judged = "exploratory"
+        elif len(seeds) < len(planned):
+            judged = f"no verdict (seeds {seeds} of {planned})"
+        elif not met:
+            judged = f"untestable (BT held-out pair accuracy {accuracy['mean']:.2f} < 0.70)"
+        else:
+            judged = verdict_of(s, "two-sided")
+        rows.append({"hypothesis": "H5 real text" + ("" if subset == "all" else " (by target tone)"),
+                     "cell": "sentiment_targets", "subset": subset, "method": "meta",
+                     "meta_minus_bt": {k: s[k] for k in ("mean", "ci95", "seeds", "domains")}, "verdict": judged})
+    return {"rows": rows, "missing": [],
+            "precondition": {"bt_pair_accuracy": accuracy, "seeds": seeds, "met": met}}
 
 
 def main(argv: list[str] | None = None) -> int:

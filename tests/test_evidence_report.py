@@ -133,3 +133,58 @@ def test_the_summary_takes_each_row_from_the_report_and_needs_per_domain_gold_on
         evidence.read_json(tmp_path / "off.json")["methods"]["meta"]["minus_bt"]["all"]["ci95"]
     assert "H3 trend (budget4 − off, meta)" in summary["not_computed"]
     assert not any(r["hypothesis"].startswith("H3 trend") for r in summary["rows"])
+
+
+def test_h5_gets_a_two_sided_verdict_only_with_every_seed_and_a_bt_rm_that_learned(evidence):
+    def report(seeds, accuracy, ci):
+        diff = {"mean": sum(ci) / 2, "ci95": ci, "seeds": len(seeds), "domains": 29}
+        return {"seeds": seeds, "planned_seeds": [0, 1, 2],
+                "methods": {"bt": {"rm_pair_accuracy": {"mean": accuracy, "ci95": [accuracy - 0.1, accuracy]}},
+                            "meta": {"minus_bt": {"all": diff, "wants negative": diff}}}}
+
+    assert evidence.h5_rows(None)["rows"] == []
+    partial = evidence.h5_rows(report([0, 1], 0.8, [0.01, 0.03]))
+    assert partial["rows"][0]["verdict"] == "no verdict (seeds [0, 1] of [0, 1, 2])"
+    assert partial["rows"][1]["verdict"] == "exploratory"  # the rows by target tone never get one
+    assert evidence.h5_rows(report([0, 1, 2], 0.72, [0.01, 0.03]))["rows"][0]["verdict"] == "meta ahead"
+    assert evidence.h5_rows(report([0, 1, 2], 0.72, [-0.03, -0.01]))["rows"][0]["verdict"] == "meta behind"
+    assert evidence.h5_rows(report([0, 1, 2], 0.72, [-0.03, 0.01]))["rows"][0]["verdict"] == "no difference"
+    untestable = evidence.h5_rows(report([0, 1, 2], 0.65, [0.01, 0.03]))
+    assert untestable["rows"][0]["verdict"].startswith("untestable") and not untestable["precondition"]["met"]
+
+
+def test_rows_an_earlier_summary_computed_are_kept_in_place_and_marked(evidence):
+    def row(h, cell="c"):
+        return {"hypothesis": h, "cell": cell, "subset": "all"}
+
+    earlier = [row("H0"), row("H3 trend"), row("H4")]
+    kept = evidence.with_earlier_rows([row("H0"), row("H4")], earlier)
+    assert [(r["hypothesis"], r.get("earlier", False)) for r in kept] == [("H0", False), ("H3 trend", True),
+                                                                          ("H4", False)]
+    # a row computed now replaces its earlier self; the same hypothesis from another source is a row of its own
+    assert evidence.with_earlier_rows([row("H3 trend")], [row("H3 trend")]) == [row("H3 trend")]
+    assert len(evidence.with_earlier_rows([row("H3 trend", "reruns")], [row("H3 trend")])) == 2
+
+
+def test_the_summary_falls_back_on_reruns_kept_beside_the_registered_reports(evidence, tmp_path):
+    bt = [_result([0.1, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])] * 2
+    meta = [_result([0.2, 0.2], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2
+    on = [_result([0.3, 0.4], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2
+    tuning = {m: {"best": {"beta": 0.3}, "criterion": 0.0} for m in ("bt", "meta", "meta_onpolicy")}
+    (tmp_path / "reruns").mkdir()
+    for cell in ("off", "budget4"):
+        registered = evidence.cell_report(evidence.SYNTHETIC, cell, {"bt": bt, "meta": meta}, tuning,
+                                          {"a": None, "b": None}, "cmd")
+        for m in registered["methods"].values():  # written before reports kept the per-domain gold
+            del m["per_domain_gold"]
+        evidence.write_json(tmp_path / f"{cell}.json", registered)
+        rerun = evidence.cell_report(evidence.SYNTHETIC, cell, {"bt": bt, "meta": meta, "meta_onpolicy": on},
+                                     tuning, {"a": None, "b": None}, "cmd --onpolicy")
+        evidence.write_json(tmp_path / "reruns" / f"{cell}_at_{'abc' if cell == 'off' else 'def'}.json", rerun)
+    rows = {(r["hypothesis"], r["cell"]): r for r in evidence.summary(tmp_path / "runs", tmp_path)["rows"]}
+    on4 = rows[("H3 (on-policy) budget 4 pairs/domain", "budget4 (budget4_at_def)")]
+    assert on4["meta_minus_bt"]["mean"] == pytest.approx(0.15)  # (0.3 - 0.1 + 0.4 - 0.3) / 2
+    assert rows[("H3 budget 4 pairs/domain", "budget4")]["meta_minus_bt"]["mean"] == pytest.approx(0.0)
+    # the trend pairs the two reruns (never a registered report with a rerun): the same runs at both budgets
+    trend = rows[("H3 (on-policy) trend (4 minus 64 pairs/domain)", "budget4_at_def − off_at_abc")]
+    assert trend["meta_minus_bt"]["mean"] == pytest.approx(0.0)
