@@ -160,16 +160,20 @@ class TreeRMRun(RunConfig):
     loss: TreeRMLoss = TreeRMLoss()
     tree: TreeConfig = TreeConfig()
     meta: MetaOptions = MetaOptions()
+    comparison_budget: int | None = number(None, ge=1)  # at most this many labelled comparisons (None: all grown)
 
 
 def tree_defaults(raw: dict) -> dict[str, dict]:
     """tree-rm's defaults for its `tree` section, some derived from the rest of the config: depth-2 binary trees
-    with segments of half the response length, 4 compared pairs per tree, the run's seed, and the benchmark's
-    segment separators (synthetic_domains has no sentence ends: segments are cut by length)."""
+    with segments of the response length over the depth (half of it at depth 2; all of it at depth 1, a chain), 4
+    compared pairs per tree, the run's seed, and the benchmark's segment separators (synthetic_domains has no
+    sentence ends: segments are cut by length)."""
     data = raw.get("data") or {}
     benchmark = BENCHMARKS.get(data.get("benchmark", DataSpec.benchmark))
+    depth = (raw.get("tree") or {}).get("depth", 2)
+    depth = depth if isinstance(depth, int) and depth >= 1 else 2  # a bad depth is reported by the config's check
     defaults = {"depth": 2, "branching": 2, "pairs_per_tree": 4, "batch_size": 16,
-                "segment_tokens": max(1, int(data.get("max_response_tokens", DataSpec.max_response_tokens)) // 2),
+                "segment_tokens": max(1, int(data.get("max_response_tokens", DataSpec.max_response_tokens)) // depth),
                 "seed": raw.get("seed", RunConfig.seed)}
     if benchmark is not None and benchmark.tree_separators is not None:
         defaults["separators"] = benchmark.tree_separators
@@ -186,6 +190,13 @@ def setup_tree_rm(cfg: TreeRMRun) -> Setup:
     trees = grown.trees
     if not trees:
         raise ConfigError("no tree produced a comparison (all leaves identical?); raise tree.segment_tokens")
+    grown_comparisons = sum(len(t.comparisons) for t in trees)
+    if cfg.comparison_budget is not None:
+        if grown_comparisons < cfg.comparison_budget:
+            raise ConfigError(f"comparison_budget = {cfg.comparison_budget} but the {len(trees)} trees of "
+                              f"data.tree_prompts = {cfg.data.tree_prompts} gave {grown_comparisons} comparisons; "
+                              "raise data.tree_prompts")
+        trees = within_budget(trees, cfg.comparison_budget, cfg.seed)
     max_leaves = int(np.prod(cfg.tree.branchings))
     params = init_head_params(config, stream_key(cfg.seed, "reward_head"), backbone=backbone)
 
@@ -197,9 +208,38 @@ def setup_tree_rm(cfg: TreeRMRun) -> Setup:
     pairs_per_tree = cfg.tree.pairs_per_tree or max_leaves * (max_leaves - 1) // 2
     batches = TreeBatches(trees, bench, cfg.data.batch_size, cfg.seed, max_leaves, pairs_per_tree,
                           cfg.model.shared_prefix)
+    tokens = annotation_tokens(trees, bench.encode)
     return Setup(params, None, objective, batches, lambda t, f: _rm_metrics(evaluate_pairs(t, f)),
                  f"{len(trees)} trees, {comparisons} comparisons ({grown.stats.summary()}), "
-                 f"{len(bench.eval_pairs)} eval pairs", info={"trees": len(trees), "comparisons": comparisons})
+                 f"{len(bench.eval_pairs)} eval pairs",
+                 info={"trees": len(trees), "comparisons": comparisons, "grown_comparisons": grown_comparisons,
+                       "annotation_tokens": tokens, "prompt_domains": len({p.domain for p in prompts})})
+
+
+def within_budget(trees: list, budget: int, seed: int) -> list:
+    """Trees in a seeded random order until they hold `budget` comparisons (the last one cut to fit), so a
+    budget below what was grown keeps every domain's share in expectation rather than the first domains'."""
+    order = np.random.default_rng([seed, 7]).permutation(len(trees))
+    kept, left = [], budget
+    for i in order:
+        if left == 0:
+            break
+        tree = trees[i]
+        kept.append(dataclasses.replace(tree, comparisons=tree.comparisons[:left]))
+        left -= len(kept[-1].comparisons)
+    return kept
+
+
+def annotation_tokens(trees: list, encode) -> int:
+    """The tokens an annotator reads to label every comparison: per comparison, the prompt and the nodes on the
+    two leaves' paths, a prefix the leaves share read once (node texts encoded one by one)."""
+    total = 0
+    for tree in trees:
+        sizes = [len(encode(node.text)) for node in tree.nodes]
+        prompt = len(encode(tree.prompt))
+        for c in tree.comparisons:
+            total += prompt + sum(sizes[i] for i in set(tree.path(c.chosen)) | set(tree.path(c.rejected)))
+    return total
 
 
 # ------------------------------------------------------------------------------------------------------ SRPO
@@ -253,5 +293,5 @@ register(Algorithm("tree-rm", TreeRMRun, setup_tree_rm, "Bradley–Terry reward 
                    section_defaults=tree_defaults))
 
 __all__ = ["DPOLoss", "DPORun", "IPORun", "RMLoss", "RMRun", "SRPOLoss", "SRPORun", "TreeRMLoss", "TreeRMRun",
-           "reference_cache", "reward_model_objective", "setup_dpo", "setup_rm", "setup_srpo", "setup_tree_rm",
-           "tree_defaults"]
+           "annotation_tokens", "reference_cache", "reward_model_objective", "setup_dpo", "setup_rm", "setup_srpo",
+           "setup_tree_rm", "tree_defaults", "within_budget"]

@@ -11,6 +11,7 @@
       dpo: {}
       gold: {}
     baseline: bt                # head-to-head win rates against this method
+    feedback: bt                # what rewards rloo, ppo and the offline methods: bt (the seed's BT RM) or gold
     test: {prompts: 16, eval_prompts: 32}   # metapl.meta.evaluate.MetaTestConfig fields
     solver_grid: []             # optional: meta-test settings tuned per reward model on the validation split
     revisions: 0                # optional: policies revise their answers n times in context (SRPO's inference)
@@ -32,6 +33,7 @@ from metapl.meta.evaluate import MetaTestConfig
 from metapl.protocol.methods import method
 
 SOLVER_KEYS = ("steps", "lr", "beta", "prox")
+FEEDBACK = ("bt", "gold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ProtocolConfig:
     run: dict = dataclasses.field(default_factory=dict)
     methods: dict = dataclasses.field(default_factory=lambda: {"bt": MethodSettings(), "gold": MethodSettings()})
     baseline: str = "bt"
+    feedback: str = "bt"
     test: MetaTestConfig = MetaTestConfig()
     solver_grid: tuple[dict, ...] = ()
     revisions: int = number(0, ge=0)  # policies also revise their answers this many times in context (SRPO's inference)
@@ -70,9 +73,12 @@ class ProtocolConfig:
         for key in ("algo", "steps", "seed"):
             if key in self.run:
                 raise ConfigError(f"run.{key}: the protocol sets it for each sub-run")
+        if self.feedback not in FEEDBACK:
+            raise ConfigError(f"feedback: {self.feedback!r}; use bt (the seed's BT reward model rewards the methods "
+                              "that need a reward) or gold (the benchmark's gold judge does)")
         names = list(self.methods)
         for name in names:
-            for needed in method(name).needs:
+            for needed in method(name).needs(self.feedback):
                 if needed not in self.methods:
                     raise ConfigError(f"methods.{name} uses the {needed!r} runs: add {needed} to methods")
         if self.baseline not in self.methods:

@@ -7,9 +7,11 @@ Kinds of method:
   oracle     the benchmark's gold reward guiding the same solver (the ceiling at that β; uses `bt`'s run);
   policy     a policy trained on the meta-train domains answering the held-out prompts (`policy_test`).
 
-Methods that need a reward model to train (`rloo`, `ppo`, the offline methods) are rewarded by the same seed's
+Methods that need a reward to train (`rloo`, `ppo`, the offline methods) are rewarded by the same seed's
 Bradley–Terry run (`reward.model`), so they learn from the same labelled pairs as the others: the feedback
-budget. The exception is `tree_rm`, which labels the comparisons of the trees it grows with the gold judge.
+budget. With the protocol's `feedback: gold` they are rewarded by the benchmark's gold judge instead (unlimited
+oracle feedback, for comparing the policy methods themselves) and need no `bt` run. The exception is `tree_rm`
+(and `chain_rm`), which label the comparisons they grow with the gold judge.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class Method:
     """name: as the protocol config names it; label: for tables; kind: see the module docstring; algo: the run's
     algorithm (None: nothing trained); run: the method's own run settings (a run-config mapping, under the
     protocol's `run` and over it); steps: default training steps; bt_reward: rewarded by the seed's `bt` run;
-    source: the paper it comes from."""
+    budget_of: labels as many comparisons as that method's run of the same seed did; source: the paper it comes
+    from."""
 
     name: str
     label: str
@@ -32,12 +35,14 @@ class Method:
     run: dict = dataclasses.field(default_factory=dict)
     steps: int = 100
     bt_reward: bool = False
+    budget_of: str | None = None
     source: str = ""
 
-    @property
-    def needs(self) -> tuple[str, ...]:
-        """The methods whose runs this one uses."""
-        return ("bt",) if self.bt_reward or self.kind == "oracle" else ()
+    def needs(self, feedback: str = "bt") -> tuple[str, ...]:
+        """The methods whose runs this one uses, when the methods that need a reward get it from `feedback`
+        ("bt": the seed's BT run; "gold": the gold judge)."""
+        bt = ("bt",) if (self.bt_reward and feedback == "bt") or self.kind == "oracle" else ()
+        return bt + ((self.budget_of,) if self.budget_of else ())
 
 
 BT_PAPER = "Bradley & Terry (1952); Ouyang et al., arXiv 2203.02155"
@@ -53,6 +58,9 @@ METHODS = {m.name: m for m in [
            source="Jia, arXiv 2402.14760 (implemented from the paper's description)"),
     Method("tree_rm", "tree-structured preference RM + KL solver", "reward", "tree-rm", steps=150,
            source="Qiu et al., arXiv 2402.10184"),
+    Method("chain_rm", "chain RM (independent pairs, as many comparisons as the tree RM) + KL solver", "reward",
+           "tree-rm", run={"tree": {"depth": 1, "branching": 2, "pairs_per_tree": 1}}, steps=150,
+           budget_of="tree_rm", source="Qiu et al., arXiv 2402.10184 (their chain baseline)"),
     Method("gold", "gold reward (oracle) + KL solver", "oracle", source="the benchmark's gold judge"),
     Method("dpo", "DPO on the pooled pairs", "policy", "dpo", steps=200, source="Rafailov et al., arXiv 2305.18290"),
     Method("ipo", "IPO on the pooled pairs", "policy", "ipo", steps=200, source="Azar et al., arXiv 2310.12036"),

@@ -104,6 +104,7 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
                                for i in range(cfg.revisions + 1)]
     return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": cfg.baseline, "domains": domains,
             "revisions": revisions, "judge": cfg.judge.get("model", "") if cfg.judge else "",
+            "feedback": cfg.feedback,
             "benchmark": (cfg.run.get("data") or {}).get("benchmark", "synthetic_domains"),
             "test": any_result["test"], "methods": methods,
             "per_domain": {name: {str(s): rows for s, rows in per[name].items()} for name in names},
@@ -134,7 +135,11 @@ def render(report: dict) -> str:
         "temperature-1 sample each, the same prompts and per-domain keys for every method). Reward models guide the "
         f"KL-regularised projected solver from the reference policy on {t['prompts']} prompts x "
         f"{t['samples_per_prompt']} reference samples per domain. Means over seeds and domains with 95% two-level "
-        f"bootstrap intervals (seeds, then domains); win rates count ties as ½; the baseline is {m[base]['label']}.",
+        f"bootstrap intervals (seeds, then domains); win rates count ties as ½; the baseline is {m[base]['label']}."
+        + ("" if not any(method(n).bt_reward for n in m) else
+           " The methods that need a reward to train are rewarded by "
+           + ("the seed's Bradley–Terry RM." if report.get("feedback", "bt") == "bt" else
+              "the benchmark's gold judge (oracle feedback).")),
         "",
         f"| method | gold reward | gain over reference | win rate vs reference | win rate vs {base} | "
         f"minus {base} | KL to reference | length | RM pair acc | train s |",

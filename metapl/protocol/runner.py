@@ -49,7 +49,7 @@ def ordered_methods(cfg: ProtocolConfig) -> list[str]:
 
     def visit(name):
         if name not in order:
-            for needed in method(name).needs:
+            for needed in method(name).needs(cfg.feedback):
                 visit(needed)
             order.append(name)
 
@@ -104,13 +104,23 @@ def run_dir_of(out: Path, name: str, seed: int) -> Path:
 
 def sub_run_mapping(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> dict:
     """The resolved sub-run mapping: the protocol's settings, one evaluation and one checkpoint at the end unless
-    the settings say otherwise, and the seed's BT run as reward model where the method needs one."""
+    the settings say otherwise, and the seed's BT run as reward model where the method needs one (with `feedback:
+    gold`, none: the run's own default, the gold judge)."""
     data = cfg.run_mapping(name, seed)
     steps = data["steps"]
     data.setdefault("eval_every", steps)
     data.setdefault("checkpoint_every", steps)
-    if method(name).bt_reward:
+    if method(name).bt_reward and cfg.feedback == "bt":
         data["reward"] = dict(data.get("reward") or {}, model=str(run_dir_of(out, "bt", seed)))
+    if method(name).budget_of:  # as many labelled comparisons as that run's (from a few more prompts, spread
+        # over the same domains, so that pairs of identical responses can be dropped and the budget still met)
+        setup = read_json(run_dir_of(out, method(name).budget_of, seed) / "setup.json")
+        if setup is None:
+            raise ConfigError(f"the {name} runs label as many comparisons as the {method(name).budget_of} run of "
+                              f"seed {seed}, which has not been set up yet")
+        n = setup["comparisons"]
+        data["comparison_budget"] = n
+        data["data"] = dict(data.get("data") or {}, tree_prompts=n + n // 10 + setup["prompt_domains"])
     return data
 
 

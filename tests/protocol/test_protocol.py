@@ -42,6 +42,15 @@ def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
     assert rloo["reward"]["model"] == str(tmp_path / "runs" / "bt" / "seed3") and rloo["data"]["batch_size"] == 2
 
 
+def test_with_gold_feedback_the_methods_that_need_a_reward_are_rewarded_by_the_gold_judge(tmp_path):
+    cfg = _tiny(feedback="gold", baseline="rloo", methods={"rloo": {"steps": 2}, "dt": {"steps": 2}, "reference": {}})
+    assert ordered_methods(cfg) == ["rloo", "dt", "reference"]  # no bt run to train first
+    for name in ("rloo", "dt"):
+        assert "reward" not in sub_run_mapping(cfg, tmp_path, name, 0)  # the run's default: the gold judge
+    with pytest.raises(ConfigError, match="methods.gold uses the 'bt' runs"):  # the oracle still rides on bt
+        _tiny(feedback="gold", baseline="dt", methods={"dt": {}, "gold": {}})
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"methods": {"dpo": {}, "sft": {}}}, "unknown method 'sft'; the protocol knows reference, bt"),
     ({"methods": {"rloo": {}}, "baseline": "rloo"}, "methods.rloo uses the 'bt' runs: add bt to methods"),
@@ -53,6 +62,7 @@ def test_the_config_keeps_the_method_order_and_resolves_each_sub_run(tmp_path):
     ({"methods": {"bt": {"steps": 0}}}, "methods.bt.steps: must be >= 1, got 0"),
     ({"methods": {"bt": {"stepz": 3}}}, r"unknown key\(s\) methods.bt.stepz"),
     ({"seeds": [0, 0]}, r"seeds: \[0, 0\] repeats a seed"),
+    ({"feedback": "human"}, "feedback: 'human'; use bt .* or gold"),
     ({"test": {"prompts": "many"}}, "test.prompts: expected an integer"),
     ({"run": {"optim": {"learning_rate": float("nan")}}}, "run.optim.learning_rate: expected a finite number"),
     ({"run": {"optim": {"learning_rate": -1}}}, "the rloo runs: optim.learning_rate: must be >= 0, got -1"),
@@ -145,6 +155,17 @@ def test_every_method_of_the_registry_runs_in_a_protocol(tmp_path):
     for name, s in report["methods"].items():
         assert math.isfinite(s["gold"]["mean"]) and math.isfinite(s["win_base"]["mean"]), name
         assert math.isfinite(s["rm_acc"]["mean"]) == (METHODS[name].kind == "reward"), name
+
+
+def test_the_chain_rm_labels_as_many_comparisons_as_the_tree_rm_of_its_seed(tmp_path):
+    cfg = _tiny(baseline="chain_rm", methods={"chain_rm": {"steps": 2}, "tree_rm": {"steps": 2, "run": {
+        "data": {"tree_prompts": 8}}}})
+    assert ordered_methods(cfg) == ["tree_rm", "chain_rm"]
+    run_protocol(cfg, tmp_path / "tc", progress=False)
+    setups = {m: json.loads((tmp_path / "tc" / "runs" / m / "seed0" / "setup.json").read_text())
+              for m in ("tree_rm", "chain_rm")}
+    assert setups["chain_rm"]["comparisons"] == setups["tree_rm"]["comparisons"]
+    assert setups["chain_rm"]["trees"] == setups["chain_rm"]["comparisons"]  # one pair per prompt
 
 
 def test_policies_revise_their_answers_in_context_when_asked(tmp_path):

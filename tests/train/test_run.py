@@ -1,5 +1,6 @@
 """Training runs on synthetic_domains: behaviour with fixed seeds, exact resume, run-directory rules, CLI."""
 
+import dataclasses
 import json
 
 import jax
@@ -154,3 +155,35 @@ def test_shared_prefix_switch_gives_the_same_run(tmp_path, algo):
             assert final_shared[k] == pytest.approx(final_rows[k], rel=1e-3, abs=1e-5), k
     if "gold_reward" in final_shared:
         assert final_shared["gold_reward"] == pytest.approx(final_rows["gold_reward"], abs=0.05)
+
+
+def test_a_comparison_budget_keeps_whole_trees_in_a_seeded_order_and_counts_what_an_annotator_reads():
+    from metapl.algorithms.preference import annotation_tokens, within_budget
+    from metapl.data.schemas import LeafComparison, PreferenceTree, TreeNode
+
+    # root "w1 w2" with children "w3" and "w4 w5": the two leaves share one node
+    nodes = (TreeNode(-1, "w1 w2"), TreeNode(0, " w3"), TreeNode(0, " w4 w5"))
+    tree = PreferenceTree("w0", "syn000", nodes, (LeafComparison(1, 2, 1), LeafComparison(2, 1, 1)))
+    encode = str.split
+    # per comparison: prompt 1 + shared 2 + suffixes 1 and 2, the shared node read once = 6
+    assert annotation_tokens([tree], encode) == 12
+    chain = PreferenceTree("w0", "syn000", (TreeNode(-1, "w1 w2 w3"), TreeNode(-1, "w1 w2 w4 w5")),
+                           (LeafComparison(0, 1, 0),))
+    assert annotation_tokens([chain], encode) == 1 + 3 + 4  # nothing shared
+    trees = [dataclasses.replace(tree, prompt=f"w{i}") for i in range(5)]  # 10 comparisons
+    kept = within_budget(trees, 5, seed=0)
+    assert sum(len(t.comparisons) for t in kept) == 5 and [len(t.comparisons) for t in kept] == [2, 2, 1]
+    assert [t.prompt for t in kept] == [t.prompt for t in within_budget(trees, 5, seed=0)]  # seeded
+    assert {t.prompt for t in within_budget(trees, 10, seed=0)} == {t.prompt for t in trees}
+
+
+def test_a_chain_reward_model_labels_exactly_its_budget_of_comparisons(tmp_path):
+    run_dir, _ = _run(tmp_path, "chain", ["algo=tree-rm", "steps=2", "eval_every=2", "data.tree_prompts=30",
+                                          "tree.depth=1", "tree.pairs_per_tree=1", "comparison_budget=17"])
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["comparisons"] == 17 and setup["grown_comparisons"] >= 17 and setup["trees"] == 17
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
+    assert cfg["tree"]["segment_tokens"] == cfg["data"]["max_response_tokens"]  # depth 1: the whole response
+    with pytest.raises(ConfigError, match="comparison_budget = 500 but the .* gave .* comparisons"):
+        _run(tmp_path, "short", ["algo=tree-rm", "steps=2", "data.tree_prompts=30", "tree.depth=1",
+                                 "tree.pairs_per_tree=1", "comparison_budget=500"])
