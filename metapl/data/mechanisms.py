@@ -17,6 +17,9 @@ B. **Preference data off the policy's distribution** (`behaviour_shift` = s > 0)
    for the benchmark), instead of uniformly like the untrained reference policy's samples. Larger s concentrates
    the pairs on fewer words, so the words the policy can move to are ones the pairs rarely contrast.
 C. **Scarce feedback** is `synthetic.pairs_per_domain` (and `num_domains`): no knob of its own.
+D. **A suffix-dependent oracle** (`suffix_words` = k > 0): the gold reward reads only the response's last k
+   words (both its terms: quality and overlap with the prompt); the words before them carry no reward. Pairs
+   that share a prefix (preference trees) then differ only where the reward is.
 
 The gold reward is `synthetic_domains`' with w_d as above; descriptor tokens in a response carry no reward.
 """
@@ -46,6 +49,7 @@ class MechanismConfig:
     attribute_strength: float = number(1.0, ge=0)
     descriptor_slots: int = number(4, ge=4)
     behaviour_shift: float = number(0.0, ge=0)
+    suffix_words: int = number(0, ge=0)
 
     def __post_init__(self):
         if not isinstance(self.attributes, int) or self.attributes < 0 or self.attributes == 1:
@@ -54,6 +58,8 @@ class MechanismConfig:
         if self.descriptor_slots < 4 or self.descriptor_slots % 4:
             raise ValueError(f"descriptor_slots must be a positive multiple of 4 (so that +-1/2 is spelt exactly), "
                              f"got {self.descriptor_slots}")
+        if not isinstance(self.suffix_words, int) or self.suffix_words < 0:
+            raise ValueError(f"suffix_words must be 0 (off) or a positive integer, got {self.suffix_words!r}")
         for name in ("attribute_strength", "behaviour_shift"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
@@ -130,6 +136,10 @@ class MechanismDomains(SyntheticDomains):
         if not self._attributes:
             return w
         return w + self.mechanisms.attribute_strength * self.attribute_axes @ self.domain_attributes(domain)
+
+    def _judged_words(self, y_words: np.ndarray) -> np.ndarray:
+        k = self.mechanisms.suffix_words
+        return y_words[-k:] if k else y_words
 
     # ---------------------------------------------------------------------------------------------- texts
 

@@ -154,9 +154,14 @@ class SyntheticDomains:
         y_words = y_words[y_words < self.config.vocab_words]  # control tokens (after the words) carry no reward
         if not len(y_words):
             raise DataError("response has no words", field="response")
+        y_words = self._judged_words(y_words)
         quality = float(np.mean(self.features[y_words] @ self.domain_weights(domain)))
         overlap = float(np.mean([t in set(x) for t in y_words + n]))
         return quality + self.config.relevance * overlap
+
+    def _judged_words(self, y_words: np.ndarray) -> np.ndarray:
+        """The response words [n] (ids - 2) that the gold reward reads: all of them here."""
+        return y_words
 
     def _words(self, rng: np.random.Generator, lengths: tuple[int, int], p: np.ndarray | None) -> str:
         n = int(rng.integers(lengths[0], lengths[1] + 1))

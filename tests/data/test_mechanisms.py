@@ -133,9 +133,22 @@ def test_benchmark_vocabulary_and_prompt_length():
         load_benchmark(DataSpec(benchmark="mechanism_domains", mechanisms=ON, max_prompt_tokens=12))
 
 
+def test_a_suffix_oracle_reads_only_the_last_words_of_a_response():
+    b, full = MechanismDomains(mechanisms=MechanismConfig(suffix_words=2)), MechanismDomains()
+    w = b.domain_weights("syn003")
+    # by hand: the mean quality of the last two words plus relevance x their overlap with the prompt ("w5" in it)
+    expected = np.mean(b.features[[5, 9]] @ w) + b.config.relevance * 0.5
+    assert b.gold_reward("syn003", "w5 w6", "w1 w2 w3 w5 w9") == pytest.approx(expected, rel=1e-12)
+    # the prefix carries no reward; without the knob it does
+    for bench, same in ((b, True), (full, False)):
+        a, c = (bench.gold_reward("syn003", "w5 w6", y) for y in ("w0 w0 w0 w5 w9", "w1 w2 w3 w5 w9"))
+        assert (a == c) is same
+    assert b.gold_reward("syn003", "w5 w6", "w9") == full.gold_reward("syn003", "w5 w6", "w9")  # shorter: all read
+
+
 def test_bad_knobs():
     for bad in ({"attributes": -1}, {"attributes": 1}, {"descriptor_slots": 6}, {"behaviour_shift": float("nan")},
-                {"attribute_strength": -1.0}):
+                {"attribute_strength": -1.0}, {"suffix_words": -1}):
         with pytest.raises(ValueError):
             MechanismConfig(**bad)
     with pytest.raises(ValueError, match="feature_dim"):
