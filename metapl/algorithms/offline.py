@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Literal
 
-from metapl.config import number
+from metapl.config import ConfigError, number
 from metapl.algorithms.common import RewardSource, policy_gold_reward, sample_scorer, start_policy, training_prompts
 from metapl.data.batching import SequenceShape, TruncationStats
 from metapl.data.reward_tokens import DEFAULT_REWARD_TEMPLATE, DEFAULT_REWARD_TOKEN, render_reward_prompt
@@ -58,14 +58,20 @@ class OfflineRun(RunConfig):
     reward: RewardSource = RewardSource()
 
 
-def conditioning(cfg: RunConfig) -> tuple[tuple[str, ...], Callable[[str], str] | None]:
+def conditioning(cfg: RunConfig, reward_bin: int | None = None
+                 ) -> tuple[tuple[str, ...], Callable[[str], str] | None]:
     """(the reward tokens a run's vocabulary gains, how its policy is prompted at evaluation): dt's bin tokens and
-    the prompt conditioned on the top bin; nothing for every other run."""
+    the prompt conditioned on `reward_bin` (default: the top bin); nothing for every other run."""
     if cfg.algo != "dt":
+        if reward_bin is not None:
+            raise ConfigError(f"a reward bin conditions a dt policy; this is a {cfg.algo} run")
         return (), None
     bins = cfg.offline.bins
+    target = bins - 1 if reward_bin is None else reward_bin
+    if not 0 <= target < bins:
+        raise ConfigError(f"reward bin {reward_bin} is not one of the run's bins 0 .. {bins - 1}")
     tokens = tuple(DEFAULT_REWARD_TOKEN.format(bin=b) for b in range(bins))
-    return tokens, lambda x: render_reward_prompt(x, bins - 1, DEFAULT_REWARD_TEMPLATE, bins=bins)
+    return tokens, lambda x: render_reward_prompt(x, target, DEFAULT_REWARD_TEMPLATE, bins=bins)
 
 
 def setup_offline(cfg: OfflineRun) -> Setup:

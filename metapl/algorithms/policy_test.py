@@ -58,8 +58,9 @@ class RestoredPolicy:
     step: int
 
 
-def restore_policy(run_dir: str | Path) -> RestoredPolicy:
-    """The latest checkpoint of a run that trains a policy (every algorithm but rm, tree-rm and meta)."""
+def restore_policy(run_dir: str | Path, reward_bin: int | None = None) -> RestoredPolicy:
+    """The latest checkpoint of a run that trains a policy (every algorithm but rm, tree-rm and meta); a dt policy
+    is prompted for `reward_bin` (default: its top bin)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     if cfg.algo in ("meta", "rm", "tree-rm"):
@@ -67,7 +68,7 @@ def restore_policy(run_dir: str | Path) -> RestoredPolicy:
     manager = checkpoint_manager(run_dir)
     if manager.latest_step() is None:
         raise ConfigError(f"{run_dir}: no checkpoint to read")
-    reward_tokens, render = conditioning(cfg)
+    reward_tokens, render = conditioning(cfg, reward_bin)
     policy, _, bench, trainable, frozen = start_policy(cfg, reward_tokens=reward_tokens)
     like, policy_part = trainable, (lambda p: p)
     if cfg.algo == "ppo":  # the checkpoint holds the policy and its value head
@@ -80,17 +81,21 @@ def restore_policy(run_dir: str | Path) -> RestoredPolicy:
 
 
 def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
-                write: bool = True, revisions: int = 0) -> dict:
+                write: bool = True, revisions: int = 0, reward_bin: int | None = None) -> dict:
     """Judge the latest checkpoint of a policy run on the benchmark's `split` domains; with `write`,
     policy_test_<split>.{json,md} go into the run directory. Same result layout as `meta_test`.
 
     revisions n > 0: after its direct answer y_0 the trained policy revises its own answer n times in context
     (SRPO's inference: y_i answers `revision_prompt(x, y_{i−1})`, the benchmark's revision template, key
     fold_in(evaluation key, i + 1)); each row then holds "gold_revisions" [n + 1], the mean gold reward of y_0..y_n,
-    and the result their summary. The direct answer stays the row's "gold_adapted", so tests keep pairing."""
+    and "win_rate_revisions" [n + 1], their gold win rates over the reference policy's answers to the same prompts
+    (ties ½), and the result their summary. The direct answer stays the row's "gold_adapted", so tests keep pairing.
+
+    reward_bin: a reward-conditioned (dt) policy is asked for this bin instead of its top one (the check that its
+    conditioning works: gold reward should rise with the bin asked for)."""
     if revisions < 0:
         raise ConfigError(f"revisions must be >= 0, got {revisions}")
-    restored = restore_policy(run_dir)
+    restored = restore_policy(run_dir, reward_bin)
     run_dir, cfg, policy, bench, render = restored.run_dir, restored.cfg, restored.policy, restored.bench, \
         restored.render
     trained, reference = restored.trained, restored.reference
@@ -129,9 +134,9 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                                                       samples[side]["response_mask"]))
         revised = {}
         if revisions:
-            revised["gold_revisions"] = [float(gold["adapted"].mean())] + [
-                float(np.mean(g)) for g in revision_golds(restored, prompts, samples["adapted"], key, revisions,
-                                                          sample)]
+            curve = [gold["adapted"]] + revision_golds(restored, prompts, samples["adapted"], key, revisions, sample)
+            revised["gold_revisions"] = [float(np.mean(g)) for g in curve]
+            revised["win_rate_revisions"] = [win_rate(g, gold["reference"]) for g in curve]
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
                      "gold_reference": float(gold["reference"].mean()),
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
@@ -141,12 +146,16 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
                      "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
                      **response_columns(bench, samples, ratios), **response_texts(bench, prompts, samples),
                      **cross_judge_columns(bench, prompts, samples), **revised})
-    result = summarise(rows, test, solver=MetaConfig(), split=split,
-                       about={"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step})
+    about = {"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step}
+    if reward_bin is not None:
+        about["reward_bin"] = reward_bin
+    result = summarise(rows, test, solver=MetaConfig(), split=split, about=about)
     result["solver"] = {"kind": "none (the trained policy answers)"}
     if revisions:
         result["revisions"] = [mean_interval([r["gold_revisions"][i] for r in rows], test.bootstrap, test.seed)
                                for i in range(revisions + 1)]
+        result["revision_win_rates"] = [mean_interval([r["win_rate_revisions"][i] for r in rows], test.bootstrap,
+                                                      test.seed) for i in range(revisions + 1)]
     if write:
         (run_dir / f"policy_test_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
         (run_dir / f"policy_test_{split}.md").write_text(_render(result))

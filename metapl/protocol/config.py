@@ -8,7 +8,7 @@
     methods:                    # in order; each may set its training steps and its own run settings
       bt: {steps: 150}
       meta: {run: {meta: {inner_steps: 4}}}
-      dpo: {}
+      dpo: {grid: [{steps: 100}, {steps: 300, run: {optim: {learning_rate: 3.0e-3}}}]}   # policy methods only
       gold: {}
     baseline: bt                # head-to-head win rates against this method
     feedback: bt                # what rewards rloo, ppo and the offline methods: bt (the seed's BT RM) or gold
@@ -18,7 +18,10 @@
     judge: {base_url: http://127.0.0.1:8000/v1, model: NAME}   # optional: LLM win rates (metapl.eval.HttpJudge)
 
 A sub-run's settings are the protocol's `run`, then the method's defaults (`metapl.protocol.methods`), then the
-method's own `run`, then algo, steps and seed; the resolved config of each sub-run is written before it trains.
+method's own `run`, then (for a method with a `grid`) the variant's `run`, then algo, steps and seed; the resolved
+config of each sub-run is written before it trains. A policy method's `grid` lists variants of its settings: each
+is trained for every seed, tested on the validation split (meta-train domains, prompts no run trains on), and the
+one with the best mean validation gold reward over the seeds (ties to the earlier) is the one tested held out.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ FEEDBACK = ("bt", "gold")
 
 @dataclasses.dataclass(frozen=True)
 class MethodSettings:
-    """steps: training steps (None: the method's default); run: the method's own run settings (a mapping)."""
+    """steps: training steps (None: the method's default); run: the method's own run settings (a mapping); grid:
+    variants ({steps, run} each, over the method's own) chosen between on the validation split (policy methods)."""
 
     steps: int | None = number(None, ge=1)
     run: dict = dataclasses.field(default_factory=dict)
+    grid: tuple[dict, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,19 +91,41 @@ class ProtocolConfig:
         if method(self.baseline).kind == "reference":
             raise ConfigError("baseline: every method is already compared with the reference policy (gain, win rate "
                               "vs reference); choose a method that is tested, e.g. bt")
+        for name, settings in self.methods.items():
+            if settings.grid and method(name).kind != "policy":
+                raise ConfigError(f"methods.{name}.grid: only policy methods choose between variants on the "
+                                  "validation split (a reward model's solver is tuned by solver_grid)")
+            for i, variant in enumerate(settings.grid):
+                if not isinstance(variant, dict) or set(variant) - {"steps", "run"} or not variant:
+                    raise ConfigError(f"methods.{name}.grid[{i}]: expected a mapping with steps and/or run, got "
+                                      f"{variant!r}")
+                steps = variant.get("steps")
+                if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+                    raise ConfigError(f"methods.{name}.grid[{i}].steps: expected an integer >= 1, got {steps!r}")
+                if not isinstance(variant.get("run", {}), dict):
+                    raise ConfigError(f"methods.{name}.grid[{i}].run: expected a mapping")
         for i, setting in enumerate(self.solver_grid):
             unknown = sorted(set(setting) - set(SOLVER_KEYS))
             if unknown:
                 raise ConfigError(f"solver_grid[{i}]: unknown solver setting(s) {unknown}; use {list(SOLVER_KEYS)}")
 
-    def steps(self, name: str) -> int:
-        return self.methods[name].steps or method(name).steps
+    def variants(self, name: str) -> list[int | None]:
+        """The variants of method `name` to train: indices into its grid, or [None] without one."""
+        return list(range(len(self.methods[name].grid))) or [None]
 
-    def run_mapping(self, name: str, seed: int) -> dict:
-        """The sub-run config mapping of method `name` and `seed` (before the reward model's path is added)."""
+    def steps(self, name: str, variant: int | None = None) -> int:
+        grid = self.methods[name].grid
+        given = grid[variant].get("steps") if variant is not None else None
+        return given or self.methods[name].steps or method(name).steps
+
+    def run_mapping(self, name: str, seed: int, variant: int | None = None) -> dict:
+        """The sub-run config mapping of method `name`, `seed` and grid `variant` (before the reward model's path
+        is added)."""
         m = method(name)
         data = _merged(_merged(copy.deepcopy(self.run), m.run), self.methods[name].run)
-        return dict(data, algo=m.algo, steps=self.steps(name), seed=seed)
+        if variant is not None:
+            data = _merged(data, self.methods[name].grid[variant].get("run", {}))
+        return dict(data, algo=m.algo, steps=self.steps(name, variant), seed=seed)
 
 
 def _merged(base: dict, extra: dict) -> dict:
@@ -137,10 +164,12 @@ def _check_sub_runs(cfg: ProtocolConfig) -> None:
 
     for name in cfg.methods:
         if method(name).algo:
-            try:
-                run_config_from_dict(cfg.run_mapping(name, cfg.seeds[0]))
-            except ConfigError as e:
-                raise ConfigError(f"the {name} runs: {e}") from None
+            for variant in cfg.variants(name):
+                try:
+                    run_config_from_dict(cfg.run_mapping(name, cfg.seeds[0], variant))
+                except ConfigError as e:
+                    where = "" if variant is None else f" (grid[{variant}])"
+                    raise ConfigError(f"the {name} runs{where}: {e}") from None
 
 
 def load_protocol(path: str | Path | None, overrides: list[str] = ()) -> ProtocolConfig:

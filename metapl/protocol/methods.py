@@ -22,11 +22,11 @@ from typing import Literal
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """name: as the protocol config names it; label: for tables; kind: see the module docstring; algo: the run's
-    algorithm (None: nothing trained); run: the method's own run settings (a run-config mapping, under the
-    protocol's `run` and over it); steps: default training steps; bt_reward: rewarded by the seed's `bt` run;
-    budget_of: labels as many comparisons as that method's run of the same seed did; source: the paper it comes
-    from."""
+    """name: as the protocol config names it; label: for tables ({reward}: what rewards it, see `title`); kind:
+    see the module docstring; algo: the run's algorithm (None: nothing trained); run: the method's own run settings
+    (a run-config mapping, under the protocol's `run` and over it); steps: default training steps; bt_reward:
+    rewarded by the seed's `bt` run; budget_of: labels as many comparisons as that method's run of the same seed
+    did; source: the paper it comes from."""
 
     name: str
     label: str
@@ -37,6 +37,10 @@ class Method:
     bt_reward: bool = False
     budget_of: str | None = None
     source: str = ""
+
+    def title(self, feedback: str = "bt") -> str:
+        """The label for tables, naming what rewards a method that needs a reward (`feedback` as in `needs`)."""
+        return self.label.format(reward="the BT RM" if feedback == "bt" else "the gold judge")
 
     def needs(self, feedback: str = "bt") -> tuple[str, ...]:
         """The methods whose runs this one uses, when the methods that need a reward get it from `feedback`
@@ -64,16 +68,16 @@ METHODS = {m.name: m for m in [
     Method("gold", "gold reward (oracle) + KL solver", "oracle", source="the benchmark's gold judge"),
     Method("dpo", "DPO on the pooled pairs", "policy", "dpo", steps=200, source="Rafailov et al., arXiv 2305.18290"),
     Method("ipo", "IPO on the pooled pairs", "policy", "ipo", steps=200, source="Azar et al., arXiv 2310.12036"),
-    Method("rloo", "RLOO with the BT RM", "policy", "rloo", steps=60, bt_reward=True,
+    Method("rloo", "RLOO with {reward}", "policy", "rloo", steps=60, bt_reward=True,
            source="Ahmadian et al., arXiv 2402.14740"),
-    Method("ppo", "PPO with the BT RM", "policy", "ppo", steps=80, bt_reward=True,
+    Method("ppo", "PPO with {reward}", "policy", "ppo", steps=80, bt_reward=True,
            source="Schulman et al., arXiv 1707.06347; Ouyang et al., arXiv 2203.02155"),
-    Method("mle_filter", "filtered MLE on BT-scored samples", "policy", "mle-filter", steps=150, bt_reward=True,
-           source=OFFLINE_PAPER),
-    Method("rwr", "reward-weighted regression on BT-scored samples", "policy", "rwr", steps=150, bt_reward=True,
-           source=OFFLINE_PAPER),
-    Method("dt", "reward-conditioned SFT (DT) on BT-scored samples", "policy", "dt", steps=200, bt_reward=True,
-           source=OFFLINE_PAPER),
+    Method("mle_filter", "filtered MLE on samples scored by {reward}", "policy", "mle-filter", steps=150,
+           bt_reward=True, source=OFFLINE_PAPER),
+    Method("rwr", "reward-weighted regression on samples scored by {reward}", "policy", "rwr", steps=150,
+           bt_reward=True, source=OFFLINE_PAPER),
+    Method("dt", "reward-conditioned SFT (DT) on samples scored by {reward}", "policy", "dt", steps=200,
+           bt_reward=True, source=OFFLINE_PAPER),
     Method("srpo", "SRPO on the pooled pairs", "policy", "srpo", steps=150, source="Choi et al., arXiv 2406.01660"),
 ]}
 

@@ -85,25 +85,36 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
     for name in names:
         summary = {k: _interval([[r[k] for r in per[name][s]] for s in cfg.seeds], resamples) for k in MEASURES}
         secs = [t for t in (timings.get(name) or {}).values() if t is not None]
-        methods[name] = {"label": method(name).label, "kind": method(name).kind, "source": method(name).source,
+        m = method(name)
+        methods[name] = {"label": m.title(cfg.feedback), "kind": m.kind, "source": m.source,
                          "train_seconds": float(np.mean(secs)) if secs else None, **summary}
+    selection = {}
+    if any(cfg.methods[n].grid for n in names):
+        selection = json.loads((out / "results" / "selection.json").read_text())
+    for name, chosen in selection.items():
+        methods[name]["selection"] = {"variants": [dict(v) for v in cfg.methods[name].grid], **chosen}
     sub_runs = []
     for name in names:
         for s in cfg.seeds:
-            run = out / "runs" / name / f"seed{s}"
+            chosen = selection.get(name, {}).get("best")
+            run = out / "runs" / name / ("" if chosen is None else f"v{chosen}") / f"seed{s}"
             setup = json.loads((run / "setup.json").read_text()) if (run / "setup.json").exists() else {}
             if setup:
                 sub_runs.append({"method": name, "seed": s, "run_dir": str(run.relative_to(out)),
                                  "describe": setup.get("describe", "")})
     any_result = next(iter(results[cfg.baseline].values()))
-    revisions = {}
+    revisions, revision_wins = {}, {}
     for name in names:  # gold after 0..n in-context revisions, per policy method (means over seeds and domains)
         per_seed = [results.get(name, {}).get(s, {}).get("per_domain", []) for s in cfg.seeds]
         if cfg.revisions and all(rows and "gold_revisions" in rows[0] for rows in per_seed):
             revisions[name] = [_interval([[r["gold_revisions"][i] for r in rows] for rows in per_seed], resamples)
                                for i in range(cfg.revisions + 1)]
+        if cfg.revisions and all(rows and "win_rate_revisions" in rows[0] for rows in per_seed):
+            revision_wins[name] = [_interval([[r["win_rate_revisions"][i] for r in rows] for rows in per_seed],
+                                             resamples) for i in range(cfg.revisions + 1)]
     return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": cfg.baseline, "domains": domains,
-            "revisions": revisions, "judge": cfg.judge.get("model", "") if cfg.judge else "",
+            "revisions": revisions, "revision_win_rates": revision_wins,
+            "judge": cfg.judge.get("model", "") if cfg.judge else "",
             "feedback": cfg.feedback,
             "benchmark": (cfg.run.get("data") or {}).get("benchmark", "synthetic_domains"),
             "test": any_result["test"], "methods": methods,
@@ -120,6 +131,19 @@ def _ci(s: dict, digits: int = 3) -> str:
 
 def _plain(s: dict, digits: int = 2) -> str:
     return "–" if not math.isfinite(s["mean"]) else f"{s['mean']:.{digits}f}"
+
+
+def _setting(variant: dict) -> str:
+    """A grid variant ({"steps": 300, "run": {"optim": {"learning_rate": 0.003}}}) as table text
+    ("steps=300, optim.learning_rate=0.003")."""
+    parts = [f"steps={variant['steps']}"] if "steps" in variant else []
+
+    def flat(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            flat(v, f"{prefix}{k}.") if isinstance(v, dict) else parts.append(f"{prefix}{k}={v}")
+
+    flat(variant.get("run", {}), "")
+    return ", ".join(parts)
 
 
 def render(report: dict) -> str:
@@ -160,6 +184,16 @@ def render(report: dict) -> str:
     for i, domain in enumerate(report["domains"]):
         cells = [f"{np.mean([report['per_domain'][n][str(s)][i]['gold'] for s in seeds]):+.3f}" for n in names]
         lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    chosen = {name: s["selection"] for name, s in m.items() if s.get("selection")}
+    if chosen:
+        lines += ["", "Variants chosen on the validation split (meta-train domains, prompts no run trains on): mean "
+                  "validation gold reward over the seeds of each variant; the chosen one is in bold and is the one "
+                  "tested above.", "", "| method | variant | settings | validation gold |", "|---|---|---|---|"]
+        for name, sel in chosen.items():
+            for k, (variant, mean) in enumerate(zip(sel["variants"], sel["means"])):
+                mark = "**" if k == sel["best"] else ""
+                lines.append(f"| {m[name]['label']} | {mark}{k}{mark} | {_setting(variant)} | "
+                             f"{mark}{mean:+.3f}{mark} |")
     if report.get("revisions"):
         n = len(next(iter(report["revisions"].values()))) - 1
         lines += ["", "In-context revisions (SRPO's inference): gold reward of each policy's answer after i "
@@ -167,6 +201,11 @@ def render(report: dict) -> str:
                   "| method | " + " | ".join(f"i = {i}" for i in range(n + 1)) + " |", "|---|" + "---|" * (n + 1)]
         lines += [f"| {m[name]['label']} | " + " | ".join(_ci(s) for s in curve) + " |"
                   for name, curve in report["revisions"].items()]
+        if report.get("revision_win_rates"):
+            lines += ["", "Their gold win rate over the reference policy's answers to the same prompts (ties ½):", "",
+                      "| method | " + " | ".join(f"i = {i}" for i in range(n + 1)) + " |", "|---|" + "---|" * (n + 1)]
+            lines += [f"| {m[name]['label']} | " + " | ".join(_plain(s) for s in curve) + " |"
+                      for name, curve in report["revision_win_rates"].items()]
     lines += ["", "Sub-runs:", ""] + [f"- {r['method']}, seed {r['seed']} (`{r['run_dir']}`): {r['describe']}"
                                       for r in report["sub_runs"]]
     lines += ["", "Where each method comes from:", ""] + \

@@ -5,8 +5,9 @@ domains with the same prompts and keys, then reported (`metapl.protocol.report`)
     report = run_protocol(cfg, Path("runs/quickstart"))
 
 The output directory holds `protocol.yaml` (the resolved protocol), `configs/<method>_seed<S>.yaml` (each sub-run's
-resolved config, written before it trains), `runs/<method>/seed<S>/` (the sub-runs), `results/` (each test's
-result and the tuning, cached) and the report (`report.{json,md}`, `per_domain.csv`, `plots/`). Re-running reuses
+resolved config, written before it trains), `runs/<method>/seed<S>/` (the sub-runs; a method with a grid has
+`runs/<method>/v<K>/seed<S>/` per variant), `results/` (each test's result, the tuning and the variant chosen,
+cached) and the report (`report.{json,md}`, `per_domain.csv`, `plots/`). Re-running reuses
 every finished sub-run and cached result and resumes an unfinished one from its last checkpoint; a sub-run whose
 stored config differs from the protocol's is an error (choose another output directory), never silently mixed.
 """
@@ -36,11 +37,12 @@ TEST_COST = 40.0  # one held-out test, in the same units
 
 @dataclasses.dataclass
 class Stage:
-    kind: str  # "train" | "tune" | "test"
+    kind: str  # "train" | "tune" | "select" | "test"
     method: str
     seed: int | None
     weight: float
     seconds: float | None = None
+    variant: int | None = None  # the grid variant a "train" stage trains
 
 
 def ordered_methods(cfg: ProtocolConfig) -> list[str]:
@@ -59,14 +61,17 @@ def ordered_methods(cfg: ProtocolConfig) -> list[str]:
 
 
 def plan(cfg: ProtocolConfig) -> list[Stage]:
-    """Every stage in order: per seed, each trained method's training; then tuning (if a solver grid is given);
-    then per seed, each method's held-out test."""
+    """Every stage in order: per seed, each trained method's training (every variant of a method with a grid);
+    then tuning (if a solver grid is given) and the choice of each grid's variant on the validation split; then
+    per seed, each method's held-out test."""
     names = ordered_methods(cfg)
-    stages = [Stage("train", n, s, cfg.steps(n) * STEP_COST.get(n, 1.0))
-              for s in cfg.seeds for n in names if method(n).algo]
+    stages = [Stage("train", n, s, cfg.steps(n, v) * STEP_COST.get(n, 1.0), variant=v)
+              for s in cfg.seeds for n in names if method(n).algo for v in cfg.variants(n)]
     if cfg.solver_grid:
         stages += [Stage("tune", n, None, TEST_COST * len(cfg.solver_grid) * len(cfg.seeds))
                    for n in names if method(n).kind in ("reward", "oracle")]
+    stages += [Stage("select", n, None, TEST_COST * len(cfg.methods[n].grid) * len(cfg.seeds))
+               for n in names if cfg.methods[n].grid]
     stages += [Stage("test", n, s, TEST_COST) for s in cfg.seeds for n in names if method(n).kind != "reference"]
     return stages
 
@@ -98,15 +103,15 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def run_dir_of(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / name / f"seed{seed}"
+def run_dir_of(out: Path, name: str, seed: int, variant: int | None = None) -> Path:
+    return out / "runs" / name / ("" if variant is None else f"v{variant}") / f"seed{seed}"
 
 
-def sub_run_mapping(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> dict:
+def sub_run_mapping(cfg: ProtocolConfig, out: Path, name: str, seed: int, variant: int | None = None) -> dict:
     """The resolved sub-run mapping: the protocol's settings, one evaluation and one checkpoint at the end unless
     the settings say otherwise, and the seed's BT run as reward model where the method needs one (with `feedback:
     gold`, none: the run's own default, the gold judge)."""
-    data = cfg.run_mapping(name, seed)
+    data = cfg.run_mapping(name, seed, variant)
     steps = data["steps"]
     data.setdefault("eval_every", steps)
     data.setdefault("checkpoint_every", steps)
@@ -124,14 +129,15 @@ def sub_run_mapping(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> dic
     return data
 
 
-def train_sub_run(cfg: ProtocolConfig, out: Path, name: str, seed: int) -> tuple[Path, bool]:
+def train_sub_run(cfg: ProtocolConfig, out: Path, name: str, seed: int, variant: int | None = None
+                  ) -> tuple[Path, bool]:
     """(run directory, reused?): a finished sub-run is reused, an unfinished one resumed, a new one trained."""
-    data = sub_run_mapping(cfg, out, name, seed)
+    data = sub_run_mapping(cfg, out, name, seed, variant)
     wanted = run_config_from_dict(dict(data))
-    config_file = out / "configs" / f"{name}_seed{seed}.yaml"
+    config_file = out / "configs" / f"{name}{'' if variant is None else f'_v{variant}'}_seed{seed}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(to_dict(wanted), sort_keys=False))
-    run_dir = run_dir_of(out, name, seed)
+    run_dir = run_dir_of(out, name, seed, variant)
     resume = (run_dir / "config.yaml").exists()
     if resume:
         stored = to_dict(read_run_config(run_dir))
@@ -162,15 +168,36 @@ def tuned_setting(cfg: ProtocolConfig, out: Path, name: str) -> dict:
     return done[name]["best"]
 
 
+def selected_variant(cfg: ProtocolConfig, out: Path, name: str) -> int | None:
+    """The grid variant of policy method `name` with the best mean validation gold reward over the seeds (ties to
+    the earlier), cached with every variant's per-seed validation gold in results/selection.json; None without a
+    grid."""
+    grid = cfg.methods[name].grid
+    if not grid:
+        return None
+    path = out / "results" / "selection.json"
+    done = read_json(path) or {}
+    if name not in done:
+        gold = [[policy_test(run_dir_of(out, name, s, v), "validation", cfg.test, write=False)["gold_adapted"]["mean"]
+                 for s in cfg.seeds] for v in range(len(grid))]
+        means = [sum(g) / len(g) for g in gold]
+        best = max(range(len(grid)), key=lambda v: (means[v], -v))
+        done[name] = {"validation_gold": gold, "means": means, "best": best, "setting": grid[best]}
+        write_json(path, done)
+    return done[name]["best"]
+
+
 def held_out_result(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dict:
-    """The held-out result of method `m` and `seed` (cached in results/<method>_seed<S>.json)."""
+    """The held-out result of method `m` and `seed` (cached in results/<method>_seed<S>.json); a method with a
+    grid is tested with its chosen variant."""
     path = out / "results" / f"{m.name}_seed{seed}.json"
     cached = read_json(path)
     if cached is not None:
         return cached
     test: MetaTestConfig = cfg.test
     if m.kind == "policy":
-        result = policy_test(run_dir_of(out, m.name, seed), "heldout", test, write=False, revisions=cfg.revisions)
+        run = run_dir_of(out, m.name, seed, selected_variant(cfg, out, m.name))
+        result = policy_test(run, "heldout", test, write=False, revisions=cfg.revisions)
     else:
         source = "bt" if m.kind == "oracle" else m.name
         trial = dataclasses.replace(test, reward="gold" if m.kind == "oracle" else "model",
@@ -199,15 +226,21 @@ def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True,
         t0 = time.perf_counter()
         m = method(stage.method)
         if stage.kind == "train":
-            log.say(i, f"training {m.name} (seed {stage.seed}, {cfg.steps(m.name)} steps)")
-            _, reused = train_sub_run(cfg, out, m.name, stage.seed)
-            seconds = _training_seconds(out, m.name, stage.seed, None if reused else time.perf_counter() - t0)
-            timings.setdefault(m.name, {})[stage.seed] = seconds
+            v = stage.variant
+            log.say(i, f"training {m.name}{'' if v is None else f' variant {v}'} (seed {stage.seed}, "
+                    f"{cfg.steps(m.name, v)} steps)")
+            _, reused = train_sub_run(cfg, out, m.name, stage.seed, v)
+            seconds = _training_seconds(out, m.name, stage.seed, None if reused else time.perf_counter() - t0, v)
+            timings.setdefault(m.name, {})[(stage.seed, v)] = seconds
             if reused:
                 stage.weight = 0.0  # nothing left to do: not a measure of the method's cost
         elif stage.kind == "tune":
             log.say(i, f"tuning {m.name}'s solver on the validation split ({len(cfg.solver_grid)} settings)")
             tuned_setting(cfg, out, m.name)
+        elif stage.kind == "select":
+            log.say(i, f"choosing {m.name}'s variant on the validation split ({len(cfg.methods[m.name].grid)} "
+                    "variants)")
+            selected_variant(cfg, out, m.name)
         else:
             log.say(i, f"testing {m.name} (seed {stage.seed}) on the held-out domains")
             results.setdefault(m.name, {})[stage.seed] = held_out_result(cfg, out, m, stage.seed)
@@ -217,6 +250,8 @@ def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True,
             print(f"[metapl protocol] asking the LLM judge {cfg.judge['model']} at {cfg.judge['base_url']}",
                   file=sys.stderr, flush=True)
         llm_judged(cfg, out, results)
+    chosen = {n: selected_variant(cfg, out, n) for n in timings}
+    timings = {n: {s: t for (s, v), t in by.items() if v == chosen[n]} for n, by in timings.items()}
     full = build_report(cfg, out, results, timings, command=command)
     write_report(full, out)
     if progress:
@@ -249,12 +284,13 @@ def llm_judged(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, dict
                     start += n
 
 
-def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> float | None:
+def _training_seconds(out: Path, name: str, seed: int, spent: float | None, variant: int | None = None
+                      ) -> float | None:
     """The wall-clock training seconds of a sub-run, summed over the invocations that trained it (kept in
     results/train_seconds.json); `spent`: this invocation's, None when the run was reused."""
     path = out / "results" / "train_seconds.json"
     done = read_json(path) or {}
-    key = f"{name}_seed{seed}"
+    key = f"{name}{'' if variant is None else f'_v{variant}'}_seed{seed}"
     if spent is not None:
         done[key] = done.get(key, 0.0) + spent
         write_json(path, done)
@@ -262,4 +298,4 @@ def _training_seconds(out: Path, name: str, seed: int, spent: float | None) -> f
 
 
 __all__ = ["Stage", "held_out_result", "llm_judged", "ordered_methods", "plan", "run_dir_of", "run_protocol",
-           "sub_run_mapping", "train_sub_run", "tuned_setting"]
+           "selected_variant", "sub_run_mapping", "train_sub_run", "tuned_setting"]

@@ -47,6 +47,10 @@ def test_with_gold_feedback_the_methods_that_need_a_reward_are_rewarded_by_the_g
     assert ordered_methods(cfg) == ["rloo", "dt", "reference"]  # no bt run to train first
     for name in ("rloo", "dt"):
         assert "reward" not in sub_run_mapping(cfg, tmp_path, name, 0)  # the run's default: the gold judge
+    from metapl.protocol import method
+
+    assert method("dt").title("gold") == "reward-conditioned SFT (DT) on samples scored by the gold judge"
+    assert method("rloo").title() == "RLOO with the BT RM" and method("bt").title("gold") == method("bt").label
     with pytest.raises(ConfigError, match="methods.gold uses the 'bt' runs"):  # the oracle still rides on bt
         _tiny(feedback="gold", baseline="dt", methods={"dt": {}, "gold": {}})
 
@@ -175,6 +179,11 @@ def test_policies_revise_their_answers_in_context_when_asked(tmp_path):
     for name, curve in report["revisions"].items():
         assert len(curve) == 3
         assert curve[0]["mean"] == pytest.approx(report["methods"][name]["gold"]["mean"])  # i = 0: the direct answer
+        wins = report["revision_win_rates"][name]
+        assert wins[0]["mean"] == pytest.approx(report["methods"][name]["win_ref"]["mean"])
+    # each revision's win rate over the reference, recomputed from the kept per-sample golds of the direct answer
+    held = json.loads((tmp_path / "rev" / "results" / "srpo_seed0.json").read_text())["per_domain"][0]
+    assert held["win_rate_revisions"][0] == pytest.approx(held["win_rate"])
     assert (tmp_path / "rev" / "plots" / "revisions.png").exists()
     assert "In-context revisions" in (tmp_path / "rev" / "report.md").read_text()
     with pytest.raises(ConfigError, match="revisions: must be >= 0, got -1"):
@@ -217,3 +226,30 @@ def test_an_llm_judge_over_http_adds_win_rates(tmp_path):
         _tiny(judge={"base_url": server.url})
     with pytest.raises(ConfigError, match="judge: .*unexpected keyword"):
         _tiny(judge={"base_url": server.url, "model": "m", "temperature": 0.3})
+
+
+def test_a_policy_method_with_a_grid_is_tested_with_the_variant_best_on_the_validation_split(tmp_path, capsys):
+    grid = [{"steps": 2}, {"steps": 3, "run": {"optim": {"learning_rate": 0.01}}}]
+    cfg = _tiny(methods={"bt": {"steps": 2}, "dpo": {"grid": grid}})
+    assert [(s.kind, s.variant) for s in plan(cfg) if s.method == "dpo"] == \
+        [("train", 0), ("train", 1), ("select", None), ("test", None)]
+    out = tmp_path / "grid"
+    report = run_protocol(cfg, out, progress=True)
+    assert "choosing dpo's variant on the validation split (2 variants)" in capsys.readouterr().err
+    selection = json.loads((out / "results" / "selection.json").read_text())["dpo"]
+    assert (out / "runs" / "dpo" / "v1" / "seed0" / "config.yaml").exists()
+    assert "learning_rate: 0.01" in (out / "configs" / "dpo_v1_seed0.yaml").read_text()
+    # the choice is the argmax of the validation gold (ties to the earlier), recomputed here from what was kept
+    means = [np.mean(g) for g in selection["validation_gold"]]
+    assert selection["best"] == int(np.argmax(means)) and selection["setting"] == grid[selection["best"]]
+    held = json.loads((out / "results" / "dpo_seed0.json").read_text())
+    assert held["run_dir"].endswith(f"dpo/v{selection['best']}/seed0")
+    assert report["methods"]["dpo"]["selection"]["best"] == selection["best"]
+    assert "Variants chosen on the validation split" in (out / "report.md").read_text()
+    assert "steps=3, optim.learning_rate=0.01" in (out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="methods.bt.grid: only policy methods"):
+        _tiny(methods={"bt": {"grid": grid}})
+    with pytest.raises(ConfigError, match=r"methods.dpo.grid\[0\]: expected a mapping with steps and/or run"):
+        _tiny(methods={"bt": {}, "dpo": {"grid": [{"lr": 1}]}})
+    with pytest.raises(ConfigError, match=r"the dpo runs \(grid\[0\]\): optim.learning_rate"):
+        _tiny(methods={"bt": {}, "dpo": {"grid": [{"run": {"optim": {"learning_rate": -1}}}]}})
