@@ -188,3 +188,23 @@ def test_the_summary_falls_back_on_reruns_kept_beside_the_registered_reports(evi
     # the trend pairs the two reruns (never a registered report with a rerun): the same runs at both budgets
     trend = rows[("H3 (on-policy) trend (4 minus 64 pairs/domain)", "budget4_at_def − off_at_abc")]
     assert trend["meta_minus_bt"]["mean"] == pytest.approx(0.0)
+
+
+def test_cached_stages_stand_in_for_per_domain_gold_only_when_they_are_the_reports(evidence, tmp_path):
+    bt = [_result([0.1, 0.3], [0.2, 0.2], [[0.0], [1.0]], [[1.0], [0.0]])] * 2
+    meta = [_result([0.2, 0.2], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2
+    tuning = {m: {"best": {"beta": 0.3}, "criterion": 0.0} for m in ("bt", "meta")}
+    report = evidence.cell_report(evidence.SYNTHETIC, "budget4", {"bt": bt, "meta": meta}, tuning,
+                                  {"a": None, "b": None}, "cmd")
+    for m in report["methods"].values():
+        del m["per_domain_gold"]
+    evidence.write_json(tmp_path / "budget4.json", report)
+    stages = tmp_path / "runs" / "budget4" / "heldout"
+    stages.mkdir(parents=True)
+    evidence.write_json(stages / "bt.json", bt)
+    evidence.write_json(stages / "meta.json", meta)
+    diffs = evidence._cell_diffs(tmp_path / "runs", "budget4", "meta", results=tmp_path)
+    np.testing.assert_allclose(diffs, [[0.1, -0.1]] * 2)
+    # stages a later rerun left behind (another meta RM) are not the report's: refused
+    evidence.write_json(stages / "meta.json", [_result([0.3, 0.2], [0.4, 0.0], [[1.0], [0.0]], [[1.0], [0.0]])] * 2)
+    assert evidence._cell_diffs(tmp_path / "runs", "budget4", "meta", results=tmp_path) is None
