@@ -22,17 +22,17 @@ results into experiments/results/offline_rlhf/<task>.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_runs import parser, run, tiny  # noqa: E402
+
+from metapl.protocol.report import interval_text as _ci, variant_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "offline_rlhf"
 TASKS = {"synthetic": ROOT / "configs" / "protocol_offline_rlhf_synthetic.yaml"}
 CLAIM = ("reward-conditioned SFT (DT) beats filtered MLE and reward-weighted regression and is comparable to PPO "
          "at about 9-12% of its compute (Hu et al., arXiv 2308.12050)")
@@ -41,12 +41,7 @@ OTHERS = ("mle_filter", "rwr", "rloo", "ppo")
 
 def miniature(mapping: dict) -> dict:
     """The task's protocol shrunk to a tiny model, one seed and a few steps: the pipeline, not the outcome."""
-    out = copy.deepcopy(mapping)
-    out["name"] += "_miniature"
-    out["seeds"] = [0]
-    run = out.setdefault("run", {})
-    run["model"] = {"hidden_size": 16, "num_layers": 1}
-    run["data"] = dict(run.get("data", {}), synthetic={"num_domains": 8, "num_heldout": 4, "pairs_per_domain": 8})
+    out = tiny(mapping)
     for name, settings in out["methods"].items():
         if settings and "grid" in settings:
             settings["grid"] = [{"steps": 2}, {"steps": 3}]
@@ -124,12 +119,6 @@ def summarise(task: str, cfg, report: dict, bins: dict, command: str) -> dict:
             "verdicts": verdicts, "compute_ratio": compute, "command": command}
 
 
-def _ci(s: dict, d: int = 3) -> str:
-    if s is None or not math.isfinite(s["mean"]):
-        return "–"
-    return f"{s['mean']:+.{d}f} [{s['ci95'][0]:+.{d}f}, {s['ci95'][1]:+.{d}f}]"
-
-
 def markdown(r: dict, config: str) -> str:
     lines = [f"# Offline RLHF on `{r['task']}`: reward-conditioned SFT against filtered MLE, RWR, RLOO and PPO", "",
              f"The paper's claim: {r['claim']}.", "",
@@ -141,7 +130,7 @@ def markdown(r: dict, config: str) -> str:
              "| method | chosen variant | gain over reference | win rate vs reference | DT − method | DT's win rate "
              "vs method | training s |", "|---|---|---|---|---|---|---|"]
     for name, row in r["methods"].items():
-        chosen = "–" if not row["chosen"] else ", ".join(f"{k}={v}" for k, v in _flat(row["chosen"]))
+        chosen = "–" if not row["chosen"] else variant_text(row["chosen"])
         secs = "–" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}"
         lines.append(f"| {row['label']} | {chosen} | {_ci(row['gain'])} | {row['win_ref']['mean']:.2f} | "
                      f"{_ci(row.get('dt_minus'))} | "
@@ -158,14 +147,6 @@ def markdown(r: dict, config: str) -> str:
               for k, v in r["compute_ratio"].items()]
     lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
-
-
-def _flat(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def plot(r: dict, path: Path) -> None:
@@ -201,33 +182,12 @@ def plot(r: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="synthetic")
-    parser.add_argument("--miniature", action="store_true", help="the synthetic task shrunk (pipeline check)")
-    parser.add_argument("--out", type=Path, help="runs directory (default runs/offline_rlhf/<task>)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the result files go")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, "offline_rlhf", TASKS, "synthetic", "synthetic").parse_args(argv)
 
-    from metapl.protocol import protocol_from_mapping, run_protocol
-    from metapl.runtime import write_json
+    def measure(task, cfg, out, report, command):
+        return summarise(task, cfg, report, dt_conditioning(cfg, out), command)
 
-    config = TASKS[args.task]
-    mapping = yaml.safe_load(config.read_text())
-    task = args.task + ("_miniature" if args.miniature else "")
-    if args.miniature:
-        mapping = miniature(mapping)
-    cfg = protocol_from_mapping(mapping, str(config))
-    out = args.out or Path("runs") / "offline_rlhf" / task
-    command = "python experiments/offline_rlhf.py " + (f"--task {args.task}" if not args.miniature else "--miniature")
-    report = run_protocol(cfg, out, command=command)
-    bins = dt_conditioning(cfg, out)
-    result = summarise(task, cfg, report, bins, command)
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_json(args.results / f"{task}.json", result)
-    (args.results / f"{task}.md").write_text(markdown(result, f"../../configs/{config.name}"))
-    plot(result, args.results / f"{task}.png")
-    print(markdown(result, f"experiments/configs/{config.name}"))
-    return 0
+    return run(args, "offline_rlhf", TASKS, "synthetic", miniature, measure, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,17 @@ into experiments/results/srpo_revisions/<task>.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_runs import parser, run, tiny  # noqa: E402
+
+from metapl.protocol.report import interval_text as _ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "srpo_revisions"
 TASKS = {task: ROOT / "configs" / f"protocol_srpo_{task}.yaml" for task in ("sentiment", "synthetic")}
 CLAIM = ("out of distribution, SRPO's win rate over the references rises with each self-revision (to about 90% "
          "after 5, about 15 points above DPO), while DPO and IPO gain nothing from revisions (Choi et al., "
@@ -42,13 +42,8 @@ POLICIES = ("srpo", "dpo", "ipo")
 
 def miniature(mapping: dict) -> dict:
     """The synthetic task on a tiny model, one seed, a few steps and two revisions: the pipeline, not the outcome."""
-    out = copy.deepcopy(mapping)
-    out["name"] += "_miniature"
-    out["seeds"] = [0]
+    out = tiny(mapping)
     out["revisions"] = 2
-    run = out.setdefault("run", {})
-    run["model"] = {"hidden_size": 16, "num_layers": 1}
-    run["data"] = dict(run.get("data", {}), synthetic={"num_domains": 8, "num_heldout": 4, "pairs_per_domain": 8})
     for name in POLICIES:
         out["methods"][name]["steps"] = 2
     out["test"] = {"prompts": 1, "eval_prompts": 3, "bootstrap": 200, "domains_per_batch": 2}
@@ -94,12 +89,6 @@ def summarise(task: str, cfg, report: dict, c: dict, command: str) -> dict:
     return {"experiment": "srpo_revisions", "task": task, "claim": CLAIM, "protocol": report["name"],
             "seeds": report["seeds"], "domains": len(report["domains"]), "revisions": n, "methods": methods,
             "srpo_minus": versus, "verdicts": verdicts, "command": command}
-
-
-def _ci(s: dict, d: int = 3) -> str:
-    if not math.isfinite(s["mean"]):
-        return "–"
-    return f"{s['mean']:+.{d}f} [{s['ci95'][0]:+.{d}f}, {s['ci95'][1]:+.{d}f}]"
 
 
 def _rate(s: dict) -> str:
@@ -155,33 +144,12 @@ def plot(r: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="sentiment")
-    parser.add_argument("--miniature", action="store_true", help="the synthetic task shrunk (pipeline check)")
-    parser.add_argument("--out", type=Path, help="runs directory (default runs/srpo_revisions/<task>)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the result files go")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, "srpo_revisions", TASKS, "sentiment", "synthetic").parse_args(argv)
 
-    from metapl.protocol import protocol_from_mapping, run_protocol
-    from metapl.runtime import write_json
+    def measure(task, cfg, out, report, command):
+        return summarise(task, cfg, report, curves(cfg, out), command)
 
-    config = TASKS["synthetic" if args.miniature else args.task]
-    mapping = yaml.safe_load(config.read_text())
-    task = "synthetic_miniature" if args.miniature else args.task
-    if args.miniature:
-        mapping = miniature(mapping)
-    cfg = protocol_from_mapping(mapping, str(config))
-    out = args.out or Path("runs") / "srpo_revisions" / task
-    command = "python experiments/srpo_revisions.py " + (f"--task {args.task}" if not args.miniature else
-                                                          "--miniature")
-    report = run_protocol(cfg, out, command=command)
-    result = summarise(task, cfg, report, curves(cfg, out), command)
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_json(args.results / f"{task}.json", result)
-    (args.results / f"{task}.md").write_text(markdown(result, f"../../configs/{config.name}"))
-    plot(result, args.results / f"{task}.png")
-    print(markdown(result, f"experiments/configs/{config.name}"))
-    return 0
+    return run(args, "srpo_revisions", TASKS, "synthetic", miniature, measure, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,17 @@ into experiments/results/tree_vs_chain/<task>.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_runs import parser, run, tiny  # noqa: E402
+
+from metapl.protocol.report import interval_text as _ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "tree_vs_chain"
 TASKS = {"synthetic": ROOT / "configs" / "protocol_tree_vs_chain_synthetic.yaml"}
 CLAIM = ("with the same number of labelled comparisons, policies optimised against the tree RM beat those of the "
          "chain RM (about 65% average win rate) and tree pairs need about 21% fewer annotated tokens (Qiu et al., "
@@ -40,12 +40,7 @@ CLAIM = ("with the same number of labelled comparisons, policies optimised again
 
 def miniature(mapping: dict) -> dict:
     """The task's protocol on a tiny model, one seed and a few steps: the pipeline, not the outcome."""
-    out = copy.deepcopy(mapping)
-    out["name"] += "_miniature"
-    out["seeds"] = [0]
-    run = out.setdefault("run", {})
-    run["model"] = {"hidden_size": 16, "num_layers": 1}
-    run["data"] = dict(run.get("data", {}), synthetic={"num_domains": 8, "num_heldout": 4, "pairs_per_domain": 8})
+    out = tiny(mapping)
     out["methods"]["tree_rm"] = {"steps": 2, "run": {"data": {"tree_prompts": 8, "batch_size": 2}}}
     out["methods"]["chain_rm"] = {"steps": 2, "run": {"data": {"batch_size": 4}}}
     out["solver_grid"] = out["solver_grid"][:2]
@@ -84,8 +79,8 @@ def best_of_n(cfg, out: Path, n: int, prompts_per_domain: int) -> dict:
         gold = np.asarray([[bench.gold(p.domain, p.prompt, y) if y.strip() else 0.0 for y in ys]
                            for p, ys in zip(prompts, sampled)])  # [P, n]
         picks = {}
-        for m, run in runs.items():
-            scorer = reward_model_scorer(run, run_cfg.data)
+        for m, run_dir in runs.items():
+            scorer = reward_model_scorer(run_dir, run_cfg.data)
             scores = np.asarray(scorer.score([p.domain for p in prompts for _ in range(n)],
                                              [p.prompt for p in prompts for _ in range(n)],
                                              [y for ys in sampled for y in ys])).reshape(len(prompts), n)
@@ -104,19 +99,14 @@ def best_of_n(cfg, out: Path, n: int, prompts_per_domain: int) -> dict:
     return {s: done[f"{key}_seed{s}"] for s in cfg.seeds}
 
 
-def _ci(s: dict | None, d: int = 3) -> str:
-    if s is None or not math.isfinite(s["mean"]):
-        return "–"
-    return f"{s['mean']:+.{d}f} [{s['ci95'][0]:+.{d}f}, {s['ci95'][1]:+.{d}f}]"
-
-
 def summarise(task: str, cfg, report: dict, bon: dict, out: Path, n: int, command: str) -> dict:
     from metapl.eval import two_level_interval
+    from metapl.protocol.runner import run_dir_of
     from metapl.runtime import read_json
 
     b = cfg.test.bootstrap
     m = report["methods"]
-    setups = {name: [read_json(out / "runs" / name / f"seed{s}" / "setup.json") for s in cfg.seeds]
+    setups = {name: [read_json(run_dir_of(out, name, s) / "setup.json") for s in cfg.seeds]
               for name in ("tree_rm", "chain_rm")}
     matrix = {k: np.asarray([[r[k] for r in bon[s]] for s in cfg.seeds]) for k in ("tree", "chain", "random",
                                                                                    "best", "tree_win")}
@@ -204,36 +194,16 @@ def plot(r: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="synthetic")
-    parser.add_argument("--miniature", action="store_true", help="the synthetic task shrunk (pipeline check)")
-    parser.add_argument("--n", type=int, default=8, help="best-of-n: reference samples per prompt")
-    parser.add_argument("--bon-prompts", type=int, default=16, help="best-of-n: held-out prompts per domain")
-    parser.add_argument("--out", type=Path, help="runs directory (default runs/tree_vs_chain/<task>)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the result files go")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__, "tree_vs_chain", TASKS, "synthetic", "synthetic")
+    cli.add_argument("--n", type=int, default=8, help="best-of-n: reference samples per prompt")
+    cli.add_argument("--bon-prompts", type=int, default=16, help="best-of-n: held-out prompts per domain")
+    args = cli.parse_args(argv)
+    n, prompts = (2, 2) if args.miniature else (args.n, args.bon_prompts)
 
-    from metapl.protocol import protocol_from_mapping, run_protocol
-    from metapl.runtime import write_json
+    def measure(task, cfg, out, report, command):
+        return summarise(task, cfg, report, best_of_n(cfg, out, n, prompts), out, n, command)
 
-    config = TASKS[args.task]
-    mapping = yaml.safe_load(config.read_text())
-    task = args.task + ("_miniature" if args.miniature else "")
-    n, prompts = (args.n, args.bon_prompts) if not args.miniature else (2, 2)
-    if args.miniature:
-        mapping = miniature(mapping)
-    cfg = protocol_from_mapping(mapping, str(config))
-    out = args.out or Path("runs") / "tree_vs_chain" / task
-    command = "python experiments/tree_vs_chain.py " + (f"--task {args.task}" if not args.miniature else "--miniature")
-    report = run_protocol(cfg, out, command=command)
-    bon = best_of_n(cfg, out, n, prompts)
-    result = summarise(task, cfg, report, bon, out, n, command)
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_json(args.results / f"{task}.json", result)
-    (args.results / f"{task}.md").write_text(markdown(result, f"../../configs/{config.name}"))
-    plot(result, args.results / f"{task}.png")
-    print(markdown(result, f"experiments/configs/{config.name}"))
-    return 0
+    return run(args, "tree_vs_chain", TASKS, "synthetic", miniature, measure, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -122,8 +122,9 @@ def build_report(cfg: ProtocolConfig, out: Path, results: dict[str, dict[int, di
             "sub_runs": sub_runs, "command": command}
 
 
-def _ci(s: dict, digits: int = 3) -> str:
-    if not math.isfinite(s["mean"]):
+def interval_text(s: dict | None, digits: int = 3) -> str:
+    """A mean with its 95% interval ({"mean", "ci95"}) as "+0.123 [+0.045, +0.201]"; "–" for none or NaN."""
+    if s is None or not math.isfinite(s["mean"]):
         return "–"
     lo, hi = s["ci95"]
     return f"{s['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
@@ -133,7 +134,7 @@ def _plain(s: dict, digits: int = 2) -> str:
     return "–" if not math.isfinite(s["mean"]) else f"{s['mean']:.{digits}f}"
 
 
-def _setting(variant: dict) -> str:
+def variant_text(variant: dict) -> str:
     """A grid variant ({"steps": 300, "run": {"optim": {"learning_rate": 0.003}}}) as table text
     ("steps=300, optim.learning_rate=0.003")."""
     parts = [f"steps={variant['steps']}"] if "steps" in variant else []
@@ -171,13 +172,15 @@ def render(report: dict) -> str:
     ]
     for name, s in m.items():
         secs = "–" if s["train_seconds"] is None else f"{s['train_seconds']:.0f}"
-        lines.append(f"| {s['label']} | {_ci(s['gold'])} | {_ci(s['gain'])} | {_plain(s['win_ref'])} | "
-                     f"{_plain(s['win_base'])} | {_ci(s['minus_base'])} | {_plain(s['kl'])} | "
+        lines.append(f"| {s['label']} | {interval_text(s['gold'])} | {interval_text(s['gain'])} | "
+                     f"{_plain(s['win_ref'])} | {_plain(s['win_base'])} | {interval_text(s['minus_base'])} | "
+                     f"{_plain(s['kl'])} | "
                      f"{_plain(s['length'], 1)} | {_plain(s['rm_acc'])} | {secs} |")
     if any(math.isfinite(s["llm_win_ref"]["mean"]) for s in m.values()):
         lines += ["", f"LLM judge ({report.get('judge', 'HTTP')}): win rate of each method's answers, ties ½, "
                   "each pair asked in both orders.", "", f"| method | vs reference | vs {base} |", "|---|---|---|"]
-        lines += [f"| {s['label']} | {_ci(s['llm_win_ref'], 2)} | {_ci(s['llm_win_base'], 2)} |" for s in m.values()]
+        lines += [f"| {s['label']} | {interval_text(s['llm_win_ref'], 2)} | {interval_text(s['llm_win_base'], 2)} |"
+                  for s in m.values()]
     names = list(m)
     lines += ["", "Per held-out domain: gold reward of each method's policy (mean over seeds).", "",
               "| domain | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -192,14 +195,14 @@ def render(report: dict) -> str:
         for name, sel in chosen.items():
             for k, (variant, mean) in enumerate(zip(sel["variants"], sel["means"])):
                 mark = "**" if k == sel["best"] else ""
-                lines.append(f"| {m[name]['label']} | {mark}{k}{mark} | {_setting(variant)} | "
+                lines.append(f"| {m[name]['label']} | {mark}{k}{mark} | {variant_text(variant)} | "
                              f"{mark}{mean:+.3f}{mark} |")
     if report.get("revisions"):
         n = len(next(iter(report["revisions"].values()))) - 1
         lines += ["", "In-context revisions (SRPO's inference): gold reward of each policy's answer after i "
                   "revisions of its own previous answer (i = 0: the direct answer).", "",
                   "| method | " + " | ".join(f"i = {i}" for i in range(n + 1)) + " |", "|---|" + "---|" * (n + 1)]
-        lines += [f"| {m[name]['label']} | " + " | ".join(_ci(s) for s in curve) + " |"
+        lines += [f"| {m[name]['label']} | " + " | ".join(interval_text(s) for s in curve) + " |"
                   for name, curve in report["revisions"].items()]
         if report.get("revision_win_rates"):
             lines += ["", "Their gold win rate over the reference policy's answers to the same prompts (ties ½):", "",
@@ -323,4 +326,5 @@ def write_report(report: dict, out: Path) -> None:
     write_plots(report, out)
 
 
-__all__ = ["MEASURES", "build_report", "domain_rows", "render", "write_csv", "write_plots", "write_report"]
+__all__ = ["MEASURES", "build_report", "domain_rows", "interval_text", "render", "variant_text", "write_csv",
+           "write_plots", "write_report"]
