@@ -37,7 +37,7 @@ quickstart: $(VENV)/.base
 	$(VENV)/bin/metapl protocol --config experiments/configs/protocol_quickstart.yaml --out $(QUICKSTART_OUT)
 	@echo
 	@echo "Next: the same protocol on real text, SmolLM2-135M + LoRA on sentiment_targets (29 held-out domains),"
-	@echo "about 3.5 hours on 2 CPU cores (estimated from the timed stages of the evidence study's real-text runs):"
+	@echo "about 2 h 15 min on 2 CPU cores (measured; README \"Results\"):"
 	@echo "  $(VENV)/bin/metapl protocol --config experiments/configs/protocol_sentiment.yaml --out runs/sentiment"
 
 ## The fast test suite (no real model, no long runs). pytest exits non-zero on failures and on "no tests".
