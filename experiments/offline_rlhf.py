@@ -89,8 +89,9 @@ def verdict(diff: dict, comparable: bool = False) -> str:
     return "level (comparable)" if comparable else "no difference"
 
 
-def summarise(task: str, cfg, report: dict, bins: dict, command: str) -> dict:
-    """The paper's comparisons from the protocol's report and the conditioning check."""
+def summarise(task: str, cfg, report: dict, bins: dict, command: str, selection: dict | None = None) -> dict:
+    """The paper's comparisons from the protocol's report and the conditioning check; `selection` is the
+    protocol's results/selection.json (every grid variant's validation gold reward)."""
     from metapl.eval import two_level_interval
 
     m = report["methods"]
@@ -116,7 +117,11 @@ def summarise(task: str, cfg, report: dict, bins: dict, command: str) -> dict:
     return {"experiment": "offline_rlhf", "task": task, "claim": CLAIM, "protocol": report["name"],
             "seeds": report["seeds"], "domains": len(report["domains"]), "feedback": report.get("feedback"),
             "methods": rows, "dt_bins": {"gain_by_bin": by_bin, "top_minus_bottom": rise},
-            "verdicts": verdicts, "compute_ratio": compute, "command": command}
+            "verdicts": verdicts, "compute_ratio": compute,
+            "variants": {n: {"settings": list(cfg.methods[n].grid), "validation_gold": sel["means"],
+                             "chosen": sel["best"]}
+                         for n, sel in (selection or {}).items()},
+            "command": command}
 
 
 def markdown(r: dict, config: str) -> str:
@@ -145,6 +150,12 @@ def markdown(r: dict, config: str) -> str:
     lines += [f"- {k}: {v}" for k, v in r["verdicts"].items()]
     lines += [f"- compute, DT's training seconds over {k.split('/ ')[1]}'s: {v:.2f}"
               for k, v in r["compute_ratio"].items()]
+    if r.get("variants"):
+        lines += ["", "Every grid variant trained (all seeds), by mean validation gold reward over the seeds; the "
+                  "chosen one is marked *:", "", "| method | variant | validation gold |", "|---|---|---|"]
+        for n, v in r["variants"].items():
+            lines += [f"| {r['methods'][n]['label']} | {variant_text(setting)}{' *' if k == v['chosen'] else ''} | "
+                      f"{gold:+.3f} |" for k, (setting, gold) in enumerate(zip(v["settings"], v["validation_gold"]))]
     lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
@@ -185,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__, "offline_rlhf", TASKS, "synthetic", "synthetic").parse_args(argv)
 
     def measure(task, cfg, out, report, command):
-        return summarise(task, cfg, report, dt_conditioning(cfg, out), command)
+        from metapl.runtime import read_json
+
+        return summarise(task, cfg, report, dt_conditioning(cfg, out), command,
+                         read_json(out / "results" / "selection.json"))
 
     return run(args, "offline_rlhf", TASKS, "synthetic", miniature, measure, markdown, plot)
 
