@@ -14,6 +14,7 @@ DT's conditioning works: each seed's chosen DT policy is asked for every reward 
 and keys; its gold reward should rise with the bin asked for.
 
     python experiments/offline_rlhf.py --task synthetic    # synthetic_domains, tiny model, 3 seeds
+    python experiments/offline_rlhf.py --task synthetic_longer   # the same with a third, larger grid variant
     python experiments/offline_rlhf.py --miniature         # the pipeline end to end in a minute (a test runs it)
 
 Runs go under --out (default runs/offline_rlhf/<task>; re-running reuses every finished sub-run and test), the
@@ -33,7 +34,7 @@ from paper_runs import parser, run, tiny  # noqa: E402
 from metapl.protocol.report import interval_text as _ci, variant_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-TASKS = {"synthetic": ROOT / "configs" / "protocol_offline_rlhf_synthetic.yaml"}
+TASKS = {task: ROOT / "configs" / f"protocol_offline_rlhf_{task}.yaml" for task in ("synthetic", "synthetic_longer")}
 CLAIM = ("reward-conditioned SFT (DT) beats filtered MLE and reward-weighted regression and is comparable to PPO "
          "at about 9-12% of its compute (Hu et al., arXiv 2308.12050)")
 OTHERS = ("mle_filter", "rwr", "rloo", "ppo")
