@@ -90,9 +90,9 @@ def verdict(diff: dict, comparable: bool = False) -> str:
     return "level (comparable)" if comparable else "no difference"
 
 
-def summarise(task: str, cfg, report: dict, bins: dict, command: str, selection: dict | None = None) -> dict:
-    """The paper's comparisons from the protocol's report and the conditioning check; `selection` is the
-    protocol's results/selection.json (every grid variant's validation gold reward)."""
+def summarise(task: str, cfg, report: dict, bins: dict, command: str) -> dict:
+    """The paper's comparisons from the protocol's report (with every grid variant's validation gold reward) and
+    the conditioning check."""
     from metapl.eval import two_level_interval
 
     m = report["methods"]
@@ -119,9 +119,8 @@ def summarise(task: str, cfg, report: dict, bins: dict, command: str, selection:
             "seeds": report["seeds"], "domains": len(report["domains"]), "feedback": report.get("feedback"),
             "methods": rows, "dt_bins": {"gain_by_bin": by_bin, "top_minus_bottom": rise},
             "verdicts": verdicts, "compute_ratio": compute,
-            "variants": {n: {"settings": list(cfg.methods[n].grid), "validation_gold": sel["means"],
-                             "chosen": sel["best"]}
-                         for n, sel in (selection or {}).items()},
+            "variants": {n: {"settings": s["selection"]["variants"], "validation_gold": s["selection"]["means"],
+                             "chosen": s["selection"]["best"]} for n, s in m.items() if s.get("selection")},
             "command": command}
 
 
@@ -197,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__, "offline_rlhf", TASKS, "synthetic", "synthetic").parse_args(argv)
 
     def measure(task, cfg, out, report, command):
-        from metapl.runtime import read_json
-
-        return summarise(task, cfg, report, dt_conditioning(cfg, out), command,
-                         read_json(out / "results" / "selection.json"))
+        return summarise(task, cfg, report, dt_conditioning(cfg, out), command)
 
     return run(args, "offline_rlhf", TASKS, "synthetic", miniature, measure, markdown, plot)
 
