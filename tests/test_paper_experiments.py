@@ -41,7 +41,17 @@ def test_offline_rlhf_miniature(tmp_path):
     assert result["methods"]["mle_filter"]["dt_minus"]["mean"] == \
         pytest.approx(-report["methods"]["mle_filter"]["minus_base"]["mean"])
     assert all(row["chosen"] is not None for row in result["methods"].values())  # each chose on validation
-    assert "DT vs filtered MLE" in text and "The conditioning check" in text
+    # every grid variant is listed with its validation gold: per variant, the mean over seeds of the protocol's
+    # per-seed validation results (its selection file), the chosen one the best of them
+    selection = json.loads((tmp_path / "runs" / "results" / "selection.json").read_text())
+    assert set(result["variants"]) == set(result["methods"])
+    for name, v in result["variants"].items():
+        per_seed = selection[name]["validation_gold"]
+        assert v["validation_gold"] == pytest.approx([sum(g) / len(g) for g in per_seed])
+        assert len(v["settings"]) == len(per_seed) == 2
+        assert v["validation_gold"][v["chosen"]] == max(v["validation_gold"])
+        assert v["settings"][v["chosen"]] == result["methods"][name]["chosen"]
+    assert "DT vs filtered MLE" in text and "The conditioning check" in text and "Every grid variant" in text
 
 
 def test_tree_vs_chain_miniature(tmp_path):
