@@ -102,50 +102,60 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
     spec = bench.spec
     sampling = SamplingConfig(max_new_tokens=spec.max_response_tokens, temperature=1.0, stop_token_ids=(bench.eos_id,))
 
-    @jax.jit
-    def sample(weights, tokens, mask, key):
+    def sample(weights, tokens, mask, key):  # one domain's prompts [B, P] -> prompt ⊕ response
         params, lora = weights
         return generate_traced(params, policy.config, tokens, mask, key, sampling, pad_id=bench.pad_id,
                                lora=lora).sequences()
 
-    @jax.jit
-    def log_ratios(trained, reference, s):  # log π(y|x) − log π_ref(y|x) of the trained policy's samples [B]
+    def log_ratios(trained, reference, s):  # log π(y|x) − log π_ref(y|x) of one domain's trained samples [B]
         def logp(weights):
             params, lora = weights
             return sequence_logprobs(params, policy.config, s["tokens"], s["response_mask"],
                                      attention_mask=s["attention_mask"], lora=lora)[1]
         return logp(trained) - logp(reference)
 
+    # Domains go through in chunks of test.domains_per_batch, vmapped (decoding is bound by reading the weights, so
+    # a chunk costs little more than one domain); every domain keeps its own keys, as in meta-test.
+    sample_chunk = jax.jit(jax.vmap(sample, in_axes=(None, 0, 0, 0)))
+    log_ratio_chunk = jax.jit(jax.vmap(log_ratios, in_axes=(None, None, 0)))
+
     domains = bench.domain_split(split, test.prompts + test.eval_prompts)
-    names, tp, rows = list(domains), spec.max_prompt_tokens, []
-    for index, name in enumerate(names):
-        prompts = domains[name][0][test.prompts:]
-        shown = [dataclasses.replace(x, prompt=render(x.prompt)) for x in prompts] if render else prompts
-        key = jax.random.fold_in(domain_key(test, index), 1)  # meta-test's evaluation key of this domain
-        gold, samples = {}, {}
+    names, tp, rows, d = list(domains), spec.max_prompt_tokens, [], test.domains_per_batch
+    for start in range(0, len(names), d):
+        chunk = names[start:start + d]
+        chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
+        prompts = [domains[name][0][test.prompts:] for name in chunk]
+        shown = [[dataclasses.replace(x, prompt=render(x.prompt)) for x in ps] for ps in prompts] if render \
+            else prompts
+        keys = jnp.stack([jax.random.fold_in(domain_key(test, names.index(name)), 1) for name in chunk])  # meta-test's
+        samples, ratios = {}, None
         for side, weights, asked in (("adapted", trained, shown), ("reference", reference, prompts)):
-            tokens, mask = prompt_batch(bench, [asked])
-            out = sample(weights, tokens[0], mask[0], key)
+            tokens, mask = prompt_batch(bench, asked)
+            out = sample_chunk(weights, tokens, mask, keys)
             if side == "adapted":
-                ratios = np.asarray(jax.device_get(log_ratios(trained, reference, out)))
+                ratios = np.asarray(jax.device_get(log_ratio_chunk(trained, reference, out)))
             out = jax.device_get(out)
-            samples[side] = {"tokens": out["tokens"][:, tp:], "response_mask": out["response_mask"][:, tp:]}
-            gold[side] = np.asarray(bench.gold_scores(prompts, samples[side]["tokens"],
-                                                      samples[side]["response_mask"]))
-        revised = {}
-        if revisions:
-            curve = [gold["adapted"]] + revision_golds(restored, prompts, samples["adapted"], key, revisions, sample)
-            revised["gold_revisions"] = [float(np.mean(g)) for g in curve]
-            revised["win_rate_revisions"] = [win_rate(g, gold["reference"]) for g in curve]
-        rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
-                     "gold_reference": float(gold["reference"].mean()),
-                     "win_rate": win_rate(gold["adapted"], gold["reference"]),
-                     "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
-                     "gold_adapted_samples": gold["adapted"].tolist(),
-                     "gold_reference_samples": gold["reference"].tolist(),
-                     "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
-                     **response_columns(bench, samples, ratios), **response_texts(bench, prompts, samples),
-                     **cross_judge_columns(bench, prompts, samples), **revised})
+            samples[side] = {"tokens": out["tokens"][:, :, tp:], "response_mask": out["response_mask"][:, :, tp:]}
+        curves = revision_golds(restored, prompts, samples["adapted"], keys, revisions, sample_chunk) \
+            if revisions else None
+        for j, name in enumerate(chunk[: len(names) - start]):
+            mine = {side: {k: v[j] for k, v in s.items()} for side, s in samples.items()}
+            gold = {side: np.asarray(bench.gold_scores(prompts[j], s["tokens"], s["response_mask"]))
+                    for side, s in mine.items()}
+            revised = {}
+            if revisions:
+                curve = [gold["adapted"]] + [c[j] for c in curves]
+                revised["gold_revisions"] = [float(np.mean(g)) for g in curve]
+                revised["win_rate_revisions"] = [win_rate(g, gold["reference"]) for g in curve]
+            rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
+                         "gold_reference": float(gold["reference"].mean()),
+                         "win_rate": win_rate(gold["adapted"], gold["reference"]),
+                         "rm_pair_accuracy": float("nan"), "pairs": len(domains[name][1]),
+                         "gold_adapted_samples": gold["adapted"].tolist(),
+                         "gold_reference_samples": gold["reference"].tolist(),
+                         "inner_loss_first": float("nan"), "inner_loss_last": float("nan"),
+                         **response_columns(bench, mine, ratios[j]), **response_texts(bench, prompts[j], mine),
+                         **cross_judge_columns(bench, prompts[j], mine), **revised})
     about = {"run_dir": str(run_dir), "algo": cfg.algo, "checkpoint_step": restored.step}
     if reward_bin is not None:
         about["reward_bin"] = reward_bin
@@ -162,23 +172,28 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
     return result
 
 
-def revision_golds(restored: RestoredPolicy, prompts: list, first: dict, key, n: int, sample) -> list[np.ndarray]:
-    """The gold scores [B] of n successive in-context revisions by the trained policy, starting from its answers
-    `first` (tokens, response_mask [B, T]); `sample(weights, tokens, mask, key)` is the policy's sampler."""
+def revision_golds(restored: RestoredPolicy, prompts: list[list], first: dict, keys, n: int,
+                   sample_chunk) -> list[np.ndarray]:
+    """The gold scores [D, B] of n successive in-context revisions by the trained policy of D domains' prompts
+    (`prompts` [D][B]), starting from its answers `first` (tokens, response_mask [D, B, T]); revision i samples
+    with fold_in(keys[d], i + 1); `sample_chunk(weights, tokens, mask, keys)` is the vmapped sampler."""
     bench, spec = restored.bench, restored.bench.spec
     template = bench.revision_template or DEFAULT_REVISION_TEMPLATE
     length = 2 * spec.max_prompt_tokens + spec.max_response_tokens  # x, the previous answer and the template
     shape = SequenceShape(length, spec.max_response_tokens)
     current, out = first, []
     for i in range(1, n + 1):
-        answers = bench.decode_responses(current["tokens"], current["response_mask"])
-        contexts = [dataclasses.replace(x, prompt=revision_prompt(x.prompt, y, template))
-                    for x, y in zip(prompts, answers)]
-        tokens, mask = prompt_arrays(contexts, bench.encode, shape, bench.pad_id, TruncationStats(), length=length)
-        s = jax.device_get(sample(restored.trained, jnp.asarray(tokens), jnp.asarray(mask),
-                                  jax.random.fold_in(key, i + 1)))
-        current = {"tokens": s["tokens"][:, length:], "response_mask": s["response_mask"][:, length:]}
-        out.append(np.asarray(bench.gold_scores(prompts, current["tokens"], current["response_mask"])))
+        arrays = []
+        for ps, tokens, mask in zip(prompts, current["tokens"], current["response_mask"]):
+            contexts = [dataclasses.replace(x, prompt=revision_prompt(x.prompt, y, template))
+                        for x, y in zip(ps, bench.decode_responses(tokens, mask))]
+            arrays.append(prompt_arrays(contexts, bench.encode, shape, bench.pad_id, TruncationStats(), length=length))
+        tokens, mask = (jnp.asarray(np.stack(a)) for a in zip(*arrays))
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i + 1))(keys)
+        s = jax.device_get(sample_chunk(restored.trained, tokens, mask, step_keys))
+        current = {"tokens": s["tokens"][:, :, length:], "response_mask": s["response_mask"][:, :, length:]}
+        out.append(np.stack([bench.gold_scores(ps, t, m) for ps, t, m in
+                             zip(prompts, current["tokens"], current["response_mask"])]))
     return out
 
 

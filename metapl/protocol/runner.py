@@ -9,7 +9,8 @@ resolved config, written before it trains), `runs/<method>/seed<S>/` (the sub-ru
 `runs/<method>/v<K>/seed<S>/` per variant), `results/` (each test's result, the tuning and the variant chosen,
 cached) and the report (`report.{json,md}`, `per_domain.csv`, `plots/`). Re-running reuses
 every finished sub-run and cached result and resumes an unfinished one from its last checkpoint; a sub-run whose
-stored config differs from the protocol's is an error (choose another output directory), never silently mixed.
+stored config differs from the protocol's is an error (choose another output directory), never silently mixed;
+only the test's execution settings (`domains_per_batch`, `mesh`) may change between runs.
 """
 
 from __future__ import annotations
@@ -207,6 +208,16 @@ def held_out_result(cfg: ProtocolConfig, out: Path, m: Method, seed: int) -> dic
     return result
 
 
+EXECUTION_ONLY = ("domains_per_batch", "mesh")  # test settings that change how fast a test runs, never its numbers
+
+
+def _numbers_part(mapping: dict) -> dict:
+    """A resolved protocol without its execution-only test settings: resuming may change those (e.g. more domains
+    per batch on a bigger machine), nothing else."""
+    test = {k: v for k, v in (mapping.get("test") or {}).items() if k not in EXECUTION_ONLY}
+    return {**mapping, "test": test}
+
+
 def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True, command: str = "") -> dict:
     """Train, tune and test every method of `cfg` under `out`, then write the report; returns it."""
     from metapl.protocol.report import build_report, write_report
@@ -215,7 +226,8 @@ def run_protocol(cfg: ProtocolConfig, out: str | Path, *, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     stored = out / "protocol.yaml"
     mapping = protocol_mapping(cfg)
-    if stored.exists() and yaml.safe_load(stored.read_text()) != yaml.safe_load(yaml.safe_dump(mapping)):
+    if stored.exists() and _numbers_part(yaml.safe_load(stored.read_text())) != \
+            _numbers_part(yaml.safe_load(yaml.safe_dump(mapping))):
         raise ConfigError(f"{stored} holds another protocol; choose another output directory (or delete it)")
     stored.write_text(yaml.safe_dump(mapping, sort_keys=False))
     stages = plan(cfg)

@@ -3,6 +3,7 @@ trained policy's held-out test pairs with a reward model's meta-test (same promp
 two-level bootstrap interval against a by-hand case and its coverage."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -83,6 +84,15 @@ def test_a_policy_test_pairs_with_the_meta_test_of_the_same_seed(runs):
     assert any(r["gold_adapted"] != r["gold_reference"] for r in pt["per_domain"])
     assert all(np.isfinite(r["kl"]) and 0 <= r["length_adapted"] <= 16 for r in pt["per_domain"])
     assert "KL(trained ‖ reference)" in (dpo / "policy_test_heldout.md").read_text()
+    # domains are decoded in vmapped chunks, each with its own keys: the rows, revisions included, do not depend
+    # on the chunking (4 does not divide the 6 domains, so the last chunk is padded)
+    by = {d: policy_test(dpo, "heldout", dataclasses.replace(TEST, domains_per_batch=d), write=False, revisions=2)
+          for d in (1, 4)}
+    rows = {d: [{k: v for k, v in r.items() if k != "kl"} for r in by[d]["per_domain"]] for d in by}
+    assert json.dumps(rows[1]) == json.dumps(rows[4])  # samples and judgements exactly (json: NaN equals NaN)
+    # KL is a difference of two sequence log-probabilities, so float32 rounding of the batched call shows in it
+    assert [r["kl"] for r in by[1]["per_domain"]] == pytest.approx([r["kl"] for r in by[4]["per_domain"]], abs=1e-5)
+    assert [r["gold_revisions"][0] for r in by[1]["per_domain"]] == [r["gold_adapted"] for r in pt["per_domain"]]
     with pytest.raises(ConfigError, match="trains a reward model"):
         policy_test(rm, "heldout", TEST)
 

@@ -134,6 +134,11 @@ def test_a_tiny_protocol_end_to_end_reuses_its_runs_and_refuses_a_changed_protoc
     assert "# Protocol tiny: 5 methods on 6 held-out domains" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="holds another protocol"):
         run_protocol(_tiny(methods={"bt": {"steps": 4}, "gold": {}}), out, progress=False)
+    with pytest.raises(ConfigError, match="holds another protocol"):
+        run_protocol(_tiny(test={**TINY_TEST, "eval_prompts": 4}), out, progress=False)
+    # how many domains a test batches changes its speed, not its numbers: a resume may change it
+    faster = run_protocol(_tiny(test={**TINY_TEST, "domains_per_batch": 3}), out, progress=False)
+    assert json.dumps(faster["methods"], sort_keys=True) == json.dumps(report["methods"], sort_keys=True)
 
 
 def test_the_cli_names_bad_input(tmp_path, capsys):
