@@ -42,8 +42,9 @@ def run(args: argparse.Namespace, script: str, tasks: dict[str, Path], miniature
     """Run the task's protocol (reusing finished sub-runs), `measure` it, write <results>/<task>.{json,md,png}
     and print the markdown."""
     from metapl.protocol import protocol_from_mapping, run_protocol
-    from metapl.runtime import write_json
+    from metapl.runtime import enable_compile_cache, write_json
 
+    enable_compile_cache()  # every sub-run and test after the first loads its programs instead of compiling them
     config = tasks[miniature_task if args.miniature else args.task]
     mapping = yaml.safe_load(config.read_text())
     task = f"{miniature_task}_miniature" if args.miniature else args.task

@@ -30,10 +30,12 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.data.srpo import DEFAULT_REVISION_TEMPLATE, revision_prompt
 from metapl.eval.stats import mean_interval, win_rate
+from metapl.meta import reference_samples
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
                                   prompt_batch, response_columns, response_lines, response_texts, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
+from metapl.models.lora import merge_lora
 from metapl.models.logprobs import sequence_logprobs
 from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
@@ -121,6 +123,10 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
 
     domains = bench.domain_split(split, test.prompts + test.eval_prompts)
     names, tp, rows, d = list(domains), spec.max_prompt_tokens, [], test.domains_per_batch
+    params, lora = reference  # fingerprinted with its adapter merged, as it decodes
+    reference_print = reference_samples.fingerprint(
+        params if lora is None else merge_lora(params, lora, policy.config),
+        static=(policy.config, sampling, bench.pad_id, d))
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
@@ -131,7 +137,11 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         samples, ratios = {}, None
         for side, weights, asked in (("adapted", trained, shown), ("reference", reference, prompts)):
             tokens, mask = prompt_batch(bench, asked)
-            out = sample_chunk(weights, tokens, mask, keys)
+            if side == "reference":  # the same in every test of this reference policy: decoded once per process
+                out = reference_samples.remembered(reference_print, "policy-test reference", (tokens, mask, keys),
+                                                   lambda: sample_chunk(reference, tokens, mask, keys))
+            else:
+                out = sample_chunk(weights, tokens, mask, keys)
             if side == "adapted":
                 ratios = np.asarray(jax.device_get(log_ratio_chunk(trained, reference, out)))
             out = jax.device_get(out)

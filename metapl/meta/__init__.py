@@ -7,6 +7,7 @@ paper's description (Jia, arXiv 2402.14760): the paper's public code does not im
   in φ: its `jax.grad` is the meta-gradient), `meta_gradient`, `meta_loss`, and their versions over a mesh.
 * `episodes`, `options`, `parameters`: what meta-training feeds on, its config section, its parameter layout.
 * `evaluate`: meta-test, a frozen reward model guiding policy optimisation on held-out domains, in stages.
+* `reference_samples`: the reference policy's samples remembered by content, so repeated tests decode them once.
 """
 
 from metapl.meta.episodes import EpisodeBatches, ReferenceSamples, sample_reference, shared_support

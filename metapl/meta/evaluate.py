@@ -41,6 +41,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
 from metapl.keys import stream_key
+from metapl.meta import reference_samples
 from metapl.meta.episodes import shared_support
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import pair_rewards, policy_logprobs, reward_function, sample_rewards
@@ -48,6 +49,7 @@ from metapl.meta.parameters import meta_parameters
 from metapl.models import SamplingConfig
 from metapl.models.config import ModelConfig
 from metapl.models.heads import init_head_params
+from metapl.models.lora import merge_lora
 from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
 from metapl.parallel import MeshConfig, batch_ways, global_batch, param_shardings, place, run_mesh, to_host
@@ -125,6 +127,12 @@ def restore_reward_model(run_dir: str | Path) -> RestoredReward:
     return RestoredReward(run_dir, cfg, config, bench, state.params, frozen, int(state.step))
 
 
+def merged_weights(policy: Policy, trainable, frozen):
+    """The policy's weights as one parameter tree (a LoRA adapter merged into its base)."""
+    params, lora = policy.weights(trainable, frozen)
+    return params if lora is None else merge_lora(params, lora, policy.config)
+
+
 def solver_config(meta: MetaConfig, test: MetaTestConfig) -> MetaConfig:
     """The run's inner problem with the test's solver overrides (steps, lr, beta, prox) applied."""
     overrides = {"inner_steps": test.steps, "inner_lr": test.lr, "beta": test.beta, "prox": test.prox}
@@ -200,6 +208,14 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
 
     names, tp = list(domains), spec.max_prompt_tokens
     shared_prefix = restored.cfg.model.shared_prefix
+    # θ₀'s samples depend on its weights (LoRA merged: runs whose θ₀ differ only in an adapter that adds nothing
+    # share them), the prompts and the keys only, so the meta-tests of one process (a tuning grid, a protocol's
+    # tests of several reward models) decode them once; on a mesh they are drawn afresh.
+    weights = None if mesh is not None else reference_samples.fingerprint(
+        merged_weights(policy, frozen["theta0"], frozen["base"]), static=(config, sampling, bench.pad_id, d, p, n))
+
+    def reference(tag, arrays, draw):
+        return draw() if weights is None else reference_samples.remembered(weights, tag, arrays, draw)
 
     def gold_rewards(chunk, support):  # the gold judge's scores of the support samples [D, P, N]
         support = to_host(support)
@@ -217,7 +233,7 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         keys = spread(jnp.stack([domain_key(test, names.index(name)) for name in chunk]))
         tokens, mask = spread(prompt_batch(bench, [[x for x in domains[name][0][:p] for _ in range(n)]
                                                     for name in chunk]))
-        support = sample_support(frozen, tokens, mask, keys)
+        support = reference("support", (tokens, mask, keys), lambda: sample_support(frozen, tokens, mask, keys))
         scored = shared_support(support, tp) if shared_prefix else support  # each prompt once for its N samples
         rewards = spread(gold_rewards(chunk, support)) if test.reward == "gold" else \
             model_rewards(phi, frozen, scored)
@@ -225,7 +241,8 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
         tokens, mask = spread(prompt_batch(bench, [domains[name][0][p:] for name in chunk]))
         eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         samples = {"adapted": sample_chunk(thetas, frozen["base"], tokens, mask, eval_keys),
-                   "reference": sample_reference_chunk(frozen["theta0"], frozen["base"], tokens, mask, eval_keys)}
+                   "reference": reference("evaluation", (tokens, mask, eval_keys), lambda: sample_reference_chunk(
+                       frozen["theta0"], frozen["base"], tokens, mask, eval_keys))}
         ratios = log_ratio_chunk(thetas, frozen["theta0"], frozen["base"], samples["adapted"])
         samples, losses, ratios = to_host((samples, losses, ratios))  # numpy from here: no per-domain device slicing
         for j, name in enumerate(chunk[: len(names) - start]):
@@ -297,22 +314,27 @@ def response_texts(bench, prompts: list, samples: dict[str, dict]) -> dict:
 
 
 def judge(restored: RestoredReward, domains: dict[str, tuple[list, list]], outputs: dict[str, dict],
-          test: MetaTestConfig, progress: bool = False) -> list[dict]:
+          test: MetaTestConfig, progress: bool = False, accuracies: dict | None = None) -> list[dict]:
     """One row per domain: mean gold reward of the adapted and the reference policy, the adapted policy's gold
     win rate over the reference (ties ½), the reward model's pair accuracy, the first and last inner loss, the
     gold score of each adapted and reference sample (for head-to-head win rates between tests on the same keys), the KL
     to the reference and the response lengths (`response_columns`), and the second judge's columns when the
-    benchmark has one (`cross_judge_columns`)."""
+    benchmark has one (`cross_judge_columns`). accuracies: a dict kept across judgements of the same reward model
+    (e.g. a tuning grid): each domain's pair accuracy, which no solver setting changes, is computed once."""
     bench, rows, accuracy_fn = restored.bench, [], pair_accuracy_fn(restored.config)
+    accuracies = {} if accuracies is None else accuracies
     for name, out in outputs.items():
         prompts = domains[name][0][test.prompts:]
         gold = {side: np.asarray(bench.gold_scores(prompts, out[side]["tokens"], out[side]["response_mask"]))
                 for side in ("adapted", "reference")}
         pairs = domains[name][1]
+        known = (str(restored.run_dir.resolve()), restored.step, name, len(pairs))
+        if known not in accuracies:
+            accuracies[known] = pair_accuracy(restored, pairs, accuracy_fn)
         rows.append({"domain": name, "gold_adapted": float(gold["adapted"].mean()),
                      "gold_reference": float(gold["reference"].mean()),
                      "win_rate": win_rate(gold["adapted"], gold["reference"]),
-                     "rm_pair_accuracy": pair_accuracy(restored, pairs, accuracy_fn), "pairs": len(pairs),
+                     "rm_pair_accuracy": accuracies[known], "pairs": len(pairs),
                      "gold_adapted_samples": gold["adapted"].tolist(),
                      "gold_reference_samples": gold["reference"].tolist(),
                      "inner_loss_first": float(out["inner_losses"][0]),
@@ -419,14 +441,15 @@ def render(result: dict) -> str:
 # --------------------------------------------------------------------------------------------------- all
 
 def meta_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfig = MetaTestConfig(),
-              write: bool = True, progress: bool = True) -> dict:
+              write: bool = True, progress: bool = True, pair_accuracies: dict | None = None) -> dict:
     """Run the meta-test of a reward model on the benchmark's `split` domains ("heldout" or "train"); with
-    `write`, meta_test_<split>[_gold].{json,md} go into the run directory."""
+    `write`, meta_test_<split>[_gold].{json,md} go into the run directory. pair_accuracies: a dict to keep across
+    meta-tests of the same run and split (a tuning grid), so the reward model's pair accuracies are computed once."""
     restored = restore_reward_model(run_dir)
     solver = solver_config(restored.cfg.meta.bilevel(), test)
     domains = restored.bench.domain_split(split, test.prompts + test.eval_prompts)
     outputs = adapt_and_sample(restored, solver, domains, test, progress=progress)
-    rows = judge(restored, domains, outputs, test, progress=progress)
+    rows = judge(restored, domains, outputs, test, progress=progress, accuracies=pair_accuracies)
     result = summarise(rows, test, solver=solver, split=split,
                        about={"run_dir": str(restored.run_dir), "algo": restored.cfg.algo,
                               "checkpoint_step": restored.step})

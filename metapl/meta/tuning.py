@@ -37,7 +37,8 @@ def tune_solver(run_dirs: Sequence[str | Path], grid: Sequence[dict], test: Meta
 
     grid: solver overrides ({"beta": 0.5, "steps": 4, ...}, keys of SOLVER_KNOBS) in order of preference on ties;
     test: the other meta-test settings (prompts, samples, reward "model" or "gold"); evaluate: `meta_test` or a
-    function with its signature (run_dir, split, test, write=, progress=) -> a result with "gold_adapted"."""
+    function with its signature (run_dir, split, test, write=, progress=, pair_accuracies=) -> a result with
+    "gold_adapted". Each run's reward-model pair accuracies are computed at its first setting and reused."""
     check_tuning_split(split)
     if not run_dirs or not grid:
         raise ConfigError("tune_solver needs at least one run and one setting")
@@ -45,11 +46,11 @@ def tune_solver(run_dirs: Sequence[str | Path], grid: Sequence[dict], test: Meta
         unknown = set(setting) - set(SOLVER_KNOBS)
         if unknown:
             raise ConfigError(f"tune_solver: unknown solver setting(s) {sorted(unknown)} (known: {SOLVER_KNOBS})")
-    table = []
+    table, accuracies = [], {}  # keyed by run, checkpoint step and domain, so one dict serves every run
     for i, setting in enumerate(grid):
         trial = dataclasses.replace(test, **setting)
-        per_run = [evaluate(run, split, trial, write=False, progress=False)["gold_adapted"]["mean"]
-                   for run in run_dirs]
+        per_run = [evaluate(run, split, trial, write=False, progress=False,
+                            pair_accuracies=accuracies)["gold_adapted"]["mean"] for run in run_dirs]
         table.append({"setting": dict(setting), "per_run": per_run, "mean": sum(per_run) / len(per_run)})
         if progress:
             print(f"[metapl tune] {i + 1}/{len(grid)} {setting}: validation gold {table[-1]['mean']:+.4f}",

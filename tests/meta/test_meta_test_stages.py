@@ -2,12 +2,14 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
 from metapl.meta.evaluate import (
     MetaTestConfig, adapt_and_sample, judge, render, restore_reward_model, solver_config, summarise,
 )
+from metapl.meta import reference_samples
 from metapl.meta.metagrad import MetaConfig
 from metapl.runs import prepare_run_dir, train
 
@@ -149,3 +151,37 @@ def test_a_tree_reward_model_is_meta_tested_like_the_others(tmp_path):
     result = meta_test(run, "heldout", TEST, write=False, progress=False)
     assert result["algo"] == "tree-rm" and result["domains"] == 6
     assert all(0 <= r["rm_pair_accuracy"] <= 1 for r in result["per_domain"])
+
+
+def test_the_reference_samples_are_decoded_once_per_process(restored):
+    """θ₀'s samples are remembered by content: a repeated adapt-and-sample (another solver setting, another reward
+    model on the same θ₀) reads them back, identical to a fresh draw; other weights or keys are other entries."""
+    solver = solver_config(restored.cfg.meta.bilevel(), TEST)
+    domains = dict(list(restored.bench.domain_split("heldout", TEST.prompts + TEST.eval_prompts).items())[:4])
+    reference_samples.clear()
+    fresh = adapt_and_sample(restored, solver, domains, TEST)
+    assert reference_samples.STATS == {"hits": 0, "misses": 4}  # 2 chunks x (support, evaluation)
+    again = adapt_and_sample(restored, dataclasses.replace(solver, beta=solver.beta * 4), domains, TEST)
+    assert reference_samples.STATS == {"hits": 4, "misses": 4}
+    for name in domains:
+        for k in ("tokens", "response_mask"):
+            np.testing.assert_array_equal(again[name]["reference"][k], fresh[name]["reference"][k])
+    other_keys = dataclasses.replace(TEST, seed=1)  # the test's seed sets the domain keys
+    adapt_and_sample(restored, solver, domains, other_keys)
+    assert reference_samples.STATS["misses"] == 8
+    moved = dataclasses.replace(restored, frozen=dict(restored.frozen, theta0=jax.tree.map(
+        lambda x: x * 3.0, restored.frozen["theta0"])))  # another θ₀
+    out = adapt_and_sample(moved, solver, domains, TEST)
+    assert reference_samples.STATS["misses"] == 12
+    assert any((out[n]["reference"]["tokens"] != fresh[n]["reference"]["tokens"]).any() for n in domains)
+
+
+def test_a_fingerprint_reads_every_leaf_and_the_static_settings():
+    a = {"w": np.zeros((2, 3), np.float32), "b": None}
+    assert reference_samples.fingerprint(a) == reference_samples.fingerprint({"w": np.zeros((2, 3), np.float32)})
+    assert reference_samples.fingerprint(a) != reference_samples.fingerprint({"w": np.zeros((3, 2), np.float32)})
+    assert reference_samples.fingerprint(a) != reference_samples.fingerprint({"w": np.zeros((2, 3), np.float64)})
+    b = {"w": np.zeros((2, 3), np.float32)}
+    b["w"][1, 2] = 1e-30
+    assert reference_samples.fingerprint(a) != reference_samples.fingerprint(b)
+    assert reference_samples.fingerprint(a, static=1) != reference_samples.fingerprint(a, static=2)

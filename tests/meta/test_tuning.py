@@ -10,6 +10,7 @@ import pytest
 
 from metapl.config import ConfigError
 from metapl.eval import two_level_interval, two_level_means, win_rate
+from metapl.meta import reference_samples
 from metapl.meta.tuning import check_tuning_split, tune_solver
 from metapl.runs import MetaTestConfig, meta_test, policy_test, prepare_run_dir, train
 
@@ -37,7 +38,7 @@ def test_the_tuner_averages_runs_and_breaks_ties_towards_the_earlier_setting():
     seen = []
     score = {("a", 0.1): 0.2, ("b", 0.1): 0.4, ("a", 0.3): 0.5, ("b", 0.3): 0.1, ("a", 1.0): 0.3, ("b", 1.0): 0.3}
 
-    def evaluate(run, split, test, write, progress):
+    def evaluate(run, split, test, write, progress, pair_accuracies):
         seen.append((run, split, test.beta, write))
         return {"gold_adapted": {"mean": score[(run, test.beta)]}}
 
@@ -68,6 +69,14 @@ def test_tuning_a_real_run_on_the_validation_split(runs):
     direct = meta_test(rm, "validation", dataclasses.replace(TEST, beta=2.0, steps=1), write=False, progress=False)
     assert out["table"][1]["per_run"] == [direct["gold_adapted"]["mean"]]
     assert direct["domains"] == 6 and direct["split"] == "validation"  # the 6 meta-train domains
+    # the reward model's pair accuracies, which no solver setting changes, are computed once per run and reused
+    kept = {}
+    first = meta_test(rm, "validation", TEST, write=False, progress=False, pair_accuracies=kept)
+    assert len(kept) == 6 and [r["rm_pair_accuracy"] for r in first["per_domain"]] == \
+        [r["rm_pair_accuracy"] for r in direct["per_domain"]]
+    kept.update({k: 0.25 for k in kept})  # a reused value is read from the dict, not recomputed
+    again = meta_test(rm, "validation", TEST, write=False, progress=False, pair_accuracies=kept)
+    assert [r["rm_pair_accuracy"] for r in again["per_domain"]] == [0.25] * 6
 
 
 def test_a_policy_test_pairs_with_the_meta_test_of_the_same_seed(runs):
@@ -89,6 +98,10 @@ def test_a_policy_test_pairs_with_the_meta_test_of_the_same_seed(runs):
     by = {d: policy_test(dpo, "heldout", dataclasses.replace(TEST, domains_per_batch=d), write=False, revisions=2)
           for d in (1, 4)}
     rows = {d: [{k: v for k, v in r.items() if k != "kl"} for r in by[d]["per_domain"]] for d in by}
+    # the reference policy's answers are the same in every test of it: a repeat reads its 3 chunks back
+    hits = reference_samples.STATS["hits"]
+    assert json.dumps(policy_test(dpo, "heldout", TEST, write=False)["per_domain"]) == json.dumps(pt["per_domain"])
+    assert reference_samples.STATS["hits"] == hits + 3
     assert json.dumps(rows[1]) == json.dumps(rows[4])  # samples and judgements exactly (json: NaN equals NaN)
     # KL is a difference of two sequence log-probabilities, so float32 rounding of the batched call shows in it
     assert [r["kl"] for r in by[1]["per_domain"]] == pytest.approx([r["kl"] for r in by[4]["per_domain"]], abs=1e-5)
