@@ -35,7 +35,7 @@ from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_jud
                                   prompt_batch, response_columns, response_lines, response_texts, summarise)
 from metapl.meta.metagrad import MetaConfig
 from metapl.models import SamplingConfig
-from metapl.models.lora import merge_lora
+from metapl.models.lora import merged
 from metapl.models.logprobs import sequence_logprobs
 from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
@@ -123,29 +123,24 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
 
     domains = bench.domain_split(split, test.prompts + test.eval_prompts)
     names, tp, rows, d = list(domains), spec.max_prompt_tokens, [], test.domains_per_batch
-    params, lora = reference  # fingerprinted with its adapter merged, as it decodes
-    reference_print = reference_samples.fingerprint(
-        params if lora is None else merge_lora(params, lora, policy.config),
-        static=(policy.config, sampling, bench.pad_id, d))
+    reference_print = reference_samples.fingerprint(merged(*reference, policy.config),  # merged, as it decodes
+                                                    static=(policy.config, sampling, bench.pad_id, d))
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
         prompts = [domains[name][0][test.prompts:] for name in chunk]
         shown = [[dataclasses.replace(x, prompt=render(x.prompt)) for x in ps] for ps in prompts] if render \
             else prompts
-        keys = jnp.stack([jax.random.fold_in(domain_key(test, names.index(name)), 1) for name in chunk])  # meta-test's
-        samples, ratios = {}, None
-        for side, weights, asked in (("adapted", trained, shown), ("reference", reference, prompts)):
-            tokens, mask = prompt_batch(bench, asked)
-            if side == "reference":  # the same in every test of this reference policy: decoded once per process
-                out = reference_samples.remembered(reference_print, "policy-test reference", (tokens, mask, keys),
-                                                   lambda: sample_chunk(reference, tokens, mask, keys))
-            else:
-                out = sample_chunk(weights, tokens, mask, keys)
-            if side == "adapted":
-                ratios = np.asarray(jax.device_get(log_ratio_chunk(trained, reference, out)))
-            out = jax.device_get(out)
-            samples[side] = {"tokens": out["tokens"][:, :, tp:], "response_mask": out["response_mask"][:, :, tp:]}
+        keys = jnp.stack([jax.random.fold_in(domain_key(test, names.index(name)), 1)  # meta-test's evaluation keys
+                          for name in chunk])
+        tokens, mask = prompt_batch(bench, shown)
+        adapted = sample_chunk(trained, tokens, mask, keys)
+        ratios = np.asarray(jax.device_get(log_ratio_chunk(trained, reference, adapted)))
+        tokens, mask = prompt_batch(bench, prompts)  # the same in every test of this reference: decoded once
+        plain = reference_samples.remembered(reference_print, "policy-test reference", (tokens, mask, keys),
+                                             lambda: sample_chunk(reference, tokens, mask, keys))
+        samples = {side: {k: out[k][:, :, tp:] for k in ("tokens", "response_mask")}
+                   for side, out in (("adapted", jax.device_get(adapted)), ("reference", jax.device_get(plain)))}
         curves = revision_golds(restored, prompts, samples["adapted"], keys, revisions, sample_chunk) \
             if revisions else None
         for j, name in enumerate(chunk[: len(names) - start]):

@@ -49,7 +49,7 @@ from metapl.meta.parameters import meta_parameters
 from metapl.models import SamplingConfig
 from metapl.models.config import ModelConfig
 from metapl.models.heads import init_head_params
-from metapl.models.lora import merge_lora
+from metapl.models.lora import merged
 from metapl.models.policy import Policy
 from metapl.models.sampling import generate_traced
 from metapl.parallel import MeshConfig, batch_ways, global_batch, param_shardings, place, run_mesh, to_host
@@ -125,12 +125,6 @@ def restore_reward_model(run_dir: str | Path) -> RestoredReward:
     state = init_state(like, make_optimizer(cfg.optim), jax.random.PRNGKey(cfg.seed))
     state, _ = restore_checkpoint(manager, manager.latest_step(), state)
     return RestoredReward(run_dir, cfg, config, bench, state.params, frozen, int(state.step))
-
-
-def merged_weights(policy: Policy, trainable, frozen):
-    """The policy's weights as one parameter tree (a LoRA adapter merged into its base)."""
-    params, lora = policy.weights(trainable, frozen)
-    return params if lora is None else merge_lora(params, lora, policy.config)
 
 
 def solver_config(meta: MetaConfig, test: MetaTestConfig) -> MetaConfig:
@@ -212,7 +206,8 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
     # share them), the prompts and the keys only, so the meta-tests of one process (a tuning grid, a protocol's
     # tests of several reward models) decode them once; on a mesh they are drawn afresh.
     weights = None if mesh is not None else reference_samples.fingerprint(
-        merged_weights(policy, frozen["theta0"], frozen["base"]), static=(config, sampling, bench.pad_id, d, p, n))
+        merged(*policy.weights(frozen["theta0"], frozen["base"]), config),
+        static=(config, sampling, bench.pad_id, d, p, n))
 
     def reference(tag, arrays, draw):
         return draw() if weights is None else reference_samples.remembered(weights, tag, arrays, draw)

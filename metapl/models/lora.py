@@ -45,6 +45,11 @@ def init_lora(config: ModelConfig, key: jax.Array) -> Params:
     return {"layers": tree}
 
 
+def merged(params: Params, lora: Params | None, config: ModelConfig) -> Params:
+    """`params` with `lora` folded in (`merge_lora`), or `params` itself without an adapter."""
+    return params if lora is None else merge_lora(params, lora, config)
+
+
 def merge_lora(params: Params, lora: Params, config: ModelConfig) -> Params:
     """Base parameters with the adapters folded in: kernel + scale * a @ b (for export or fast inference)."""
     if config.lora is None:
