@@ -30,7 +30,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.data.srpo import DEFAULT_REVISION_TEMPLATE, revision_prompt
 from metapl.eval.stats import mean_interval, win_rate
-from metapl.meta import reference_samples
+from metapl.meta.reference_samples import fingerprint, remembered
 from metapl.meta.evaluate import (MetaTestConfig, cross_judge_columns, cross_judge_lines, domain_key, format_interval,
                                   prompt_batch, response_columns, response_lines, response_texts, summarise)
 from metapl.meta.metagrad import MetaConfig
@@ -123,8 +123,8 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
 
     domains = bench.domain_split(split, test.prompts + test.eval_prompts)
     names, tp, rows, d = list(domains), spec.max_prompt_tokens, [], test.domains_per_batch
-    reference_print = reference_samples.fingerprint(merged(*reference, policy.config),  # merged, as it decodes
-                                                    static=(policy.config, sampling, bench.pad_id, d))
+    reference_print = fingerprint(merged(*reference, policy.config),  # merged, as it decodes
+                                  static=(policy.config, sampling, bench.pad_id, d))
     for start in range(0, len(names), d):
         chunk = names[start:start + d]
         chunk = (chunk * d)[:d]  # one compiled shape; the repeats are dropped
@@ -137,8 +137,8 @@ def policy_test(run_dir: str | Path, split: str = "heldout", test: MetaTestConfi
         adapted = sample_chunk(trained, tokens, mask, keys)
         ratios = np.asarray(jax.device_get(log_ratio_chunk(trained, reference, adapted)))
         tokens, mask = prompt_batch(bench, prompts)  # the same in every test of this reference: decoded once
-        plain = reference_samples.remembered(reference_print, "policy-test reference", (tokens, mask, keys),
-                                             lambda: sample_chunk(reference, tokens, mask, keys))
+        plain = remembered(reference_print, "policy-test reference", (tokens, mask, keys),
+                           lambda: sample_chunk(reference, tokens, mask, keys))
         samples = {side: {k: out[k][:, :, tp:] for k in ("tokens", "response_mask")}
                    for side, out in (("adapted", jax.device_get(adapted)), ("reference", jax.device_get(plain)))}
         curves = revision_golds(restored, prompts, samples["adapted"], keys, revisions, sample_chunk) \

@@ -41,7 +41,7 @@ from metapl.data.batching import SequenceShape, TruncationStats, prompt_arrays
 from metapl.data.benchmarks import Benchmark
 from metapl.eval.stats import bootstrap_interval, mean_interval, win_rate
 from metapl.keys import stream_key
-from metapl.meta import reference_samples
+from metapl.meta.reference_samples import fingerprint, remembered
 from metapl.meta.episodes import shared_support
 from metapl.meta.metagrad import MetaConfig, domain_problem
 from metapl.meta.objectives import pair_rewards, policy_logprobs, reward_function, sample_rewards
@@ -205,12 +205,12 @@ def adapt_and_sample(restored: RestoredReward, solver: MetaConfig, domains: dict
     # θ₀'s samples depend on its weights (LoRA merged: runs whose θ₀ differ only in an adapter that adds nothing
     # share them), the prompts and the keys only, so the meta-tests of one process (a tuning grid, a protocol's
     # tests of several reward models) decode them once; on a mesh they are drawn afresh.
-    weights = None if mesh is not None else reference_samples.fingerprint(
+    weights = None if mesh is not None else fingerprint(
         merged(*policy.weights(frozen["theta0"], frozen["base"]), config),
         static=(config, sampling, bench.pad_id, d, p, n))
 
     def reference(tag, arrays, draw):
-        return draw() if weights is None else reference_samples.remembered(weights, tag, arrays, draw)
+        return draw() if weights is None else remembered(weights, tag, arrays, draw)
 
     def gold_rewards(chunk, support):  # the gold judge's scores of the support samples [D, P, N]
         support = to_host(support)
