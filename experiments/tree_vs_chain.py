@@ -23,6 +23,7 @@ into experiments/results/tree_vs_chain/<task>.{json,md,png}.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,17 @@ def best_of_n(cfg, out: Path, n: int, prompts_per_domain: int) -> dict:
     path = out / "results" / "best_of_n.json"
     done = read_json(path) or {}
     key = f"n{n}_p{prompts_per_domain}"
-    for seed in cfg.seeds:
+    for i, seed in enumerate(cfg.seeds):
         if f"{key}_seed{seed}" in done:
             continue
+        started = time.perf_counter()
         runs = {m: run_dir_of(out, m, seed) for m in ("tree_rm", "chain_rm")}
         run_cfg = read_run_config(runs["tree_rm"])
         config, params, bench = build_model_and_benchmark(run_cfg)  # the reference policy of this seed
         domains = bench.domain_split("heldout", prompts_per_domain)
         prompts = [p for d in domains for p in domains[d][0][:prompts_per_domain]]
+        print(f"[best-of-{n}] seed {seed} ({i + 1}/{len(cfg.seeds)}): {n} reference samples for each of "
+              f"{len(prompts)} held-out prompts, scored by both RMs", file=sys.stderr, flush=True)
         spec = bench.spec
         sampled = sample_responses(params, config, prompts, bench.encode, bench.decode,
                                    SampleSetConfig(samples_per_prompt=n, max_new_tokens=spec.max_response_tokens,
@@ -98,6 +102,8 @@ def best_of_n(cfg, out: Path, n: int, prompts_per_domain: int) -> dict:
                          "tree_win": float(np.mean((t > c) + 0.5 * (t == c)))})
         done[f"{key}_seed{seed}"] = rows
         write_json(path, done)
+        print(f"[best-of-{n}] seed {seed} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+              flush=True)
     return {s: done[f"{key}_seed{s}"] for s in cfg.seeds}
 
 

@@ -54,8 +54,10 @@ def test_offline_rlhf_miniature(tmp_path):
     assert "DT vs filtered MLE" in text and "The conditioning check" in text and "Every grid variant" in text
 
 
-def test_tree_vs_chain_miniature(tmp_path):
+def test_tree_vs_chain_miniature(tmp_path, capsys):
     result, report, text = _run("tree_vs_chain", tmp_path)
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[best-of-")]
+    assert len(progress) == 2 * len(result["seeds"]) and " done in " in progress[-1]
     assert result["comparisons"]["tree_rm"] == result["comparisons"]["chain_rm"]  # the same labelled budget
     assert 0 < result["token_ratio"]
     assert 0 <= result["best_of_n"]["tree_win_rate"]["mean"] <= 1
